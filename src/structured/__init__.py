@@ -1,0 +1,29 @@
+"""Structured convolutions (Bhalgat et al., NeurIPS 2020): the pure-PyTorch core.
+
+Train-form layers (:class:`StructuredConv2d`, :class:`StructuredLinear`), the structural
+regularizer (:func:`structural_loss`), projection (:func:`project`), exact decomposition into
+sum-pooling + small conv (:func:`decompose`), declarative conversion of any model
+(:func:`structurize`) and analytic counting (:func:`complexity`). No Lightning, Hydra or wandb.
+"""
+
+from .basis import box_matrix, coefficients, compose, project_weight, relative_residual
+from .complexity import Complexity, LayerCost, complexity
+from .layers import (
+    DecomposedConv2d,
+    DecomposedLinear,
+    StructuredConv2d,
+    StructuredLayer,
+    StructuredLinear,
+)
+from .ops import decompose, project, structural_loss, structural_residuals, structured_layers
+from .structurize import Rule, StructurizeReport, load_rules, parse_rules, plan_structure, structurize
+from .sumpool import FeatureSumPool, SumPool, sum_pool2d, window_sum
+
+__all__ = [
+    "StructuredConv2d", "StructuredLinear", "StructuredLayer", "DecomposedConv2d", "DecomposedLinear",
+    "SumPool", "FeatureSumPool", "sum_pool2d", "window_sum",
+    "structural_loss", "structural_residuals", "structured_layers", "project", "decompose",
+    "structurize", "plan_structure", "parse_rules", "load_rules", "Rule", "StructurizeReport",
+    "complexity", "Complexity", "LayerCost",
+    "box_matrix", "compose", "coefficients", "project_weight", "relative_residual",
+]

@@ -1,0 +1,94 @@
+"""Model-level operations: structural loss, residuals, projection and decomposition."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .layers import DecomposedConv2d, DecomposedLinear, StructuredLayer
+
+__all__ = [
+    "structured_layers",
+    "structural_loss",
+    "structural_residuals",
+    "project",
+    "decompose",
+    "DECOMPOSE_TOLERANCE",
+]
+
+# Relative residual above which decompose() warns that a layer was not structured (it then
+# decomposes the projection). Float32 projection leaves ~1e-7.
+DECOMPOSE_TOLERANCE = 1e-5
+
+
+def structured_layers(module: nn.Module) -> Iterator[tuple[str, StructuredLayer]]:
+    """(name, layer) for every structured layer in `module`, itself included (name '')."""
+    for name, m in module.named_modules():
+        if isinstance(m, StructuredLayer):
+            yield name, m
+
+
+def structural_loss(module: nn.Module) -> torch.Tensor:
+    """sum_l ||(I - A_l A_l^+) W_l||_F / ||W_l||_F over the structured layers (differentiable).
+
+    Zero (a tensor) when the model has no structured layer, so it can always be added.
+    """
+    terms = [layer.structural_residual() for _, layer in structured_layers(module)]
+    if not terms:
+        p = next(module.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None)
+    return torch.stack(terms).sum()
+
+
+@torch.no_grad()
+def structural_residuals(module: nn.Module) -> dict[str, float]:
+    """Per-layer relative residual, name -> float, for logging."""
+    return {name: float(layer.structural_residual()) for name, layer in structured_layers(module)}
+
+
+def project(module: nn.Module) -> nn.Module:
+    """In place, W <- A A^+ W for every structured layer; returns `module`."""
+    for _, layer in structured_layers(module):
+        layer.project_()
+    return module
+
+
+def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool) -> nn.Module:
+    residual = float(layer.structural_residual().detach())
+    if residual > tol:
+        warnings.warn(
+            f"decompose: layer '{name or layer.__class__.__name__}' is not structured (relative "
+            f"residual {residual:.3e} > {tol:.0e}); decomposing its projection",
+            stacklevel=3,
+        )
+    dec = layer.to_decomposed()
+    if reinit:
+        dec.reset_parameters()
+    return dec
+
+
+def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bool = False) -> nn.Module:
+    """The deploy form of `module` (a single structured layer or a whole model).
+
+    Every structured layer is replaced by sum-pooling followed by the small conv / linear holding
+    alpha = A^+ W (same bias). The input is not modified. A layer whose relative residual exceeds
+    `tol` triggers a warning naming it; its projection is what gets decomposed (A^+ W = A^+ P W).
+    `reinit=True` re-initialises every alpha for the direct-training route.
+    """
+    if isinstance(module, StructuredLayer):
+        return _decompose_layer("", module, tol, reinit)
+    model = copy.deepcopy(module)
+    replacements = [(name, layer) for name, layer in structured_layers(model)]
+    for name, layer in replacements:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, _decompose_layer(name, layer, tol, reinit))
+    return model
+
+
+def is_decomposed_layer(m: nn.Module) -> bool:
+    return isinstance(m, (DecomposedConv2d, DecomposedLinear))
