@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print measured ratios (never timed unit tests)."""

@@ -1,0 +1,39 @@
+"""Interleaved timing: candidates of one comparison run alternately in one process, so machine
+noise hits them alike; warm-up first, then the median of many repetitions."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable, Sequence
+
+import torch
+
+
+def machine_label() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], reps: int = 20, warmup: int = 3,
+                     min_time: float = 0.0) -> list[float]:
+    """Median seconds per call of each fn, timed round-robin. Runs at least `reps` rounds and
+    keeps going until `min_time` seconds have been spent per fn."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    while True:
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            samples[i].append(time.perf_counter() - t0)
+        if len(samples[0]) >= reps and sum(samples[0]) >= min_time:
+            break
+    return [statistics.median(s) for s in samples]

@@ -1,0 +1,136 @@
+"""The linear algebra of METHOD.md section 1, checked against dense-matrix references."""
+
+import itertools
+
+import pytest
+import torch
+
+from src.structured import (
+    StructuredConv2d,
+    StructuredLinear,
+    box_matrix,
+    coefficients,
+    compose,
+    project_weight,
+    relative_residual,
+    structural_loss,
+)
+from src.structured.basis import _axis_operators_f64, axis_operators
+
+from .conftest import rel_err
+
+
+def dense_composition_matrix(C, c, N, n):
+    """A = B(C,c) (x) B(N,n) (x) B(N,n) built explicitly (the thing the library never builds)."""
+    return torch.kron(torch.kron(box_matrix(C, c), box_matrix(N, n)), box_matrix(N, n))
+
+
+def test_box_matrix_columns_are_shifted_boxes():
+    b = box_matrix(5, 3)
+    assert b.shape == (5, 3)
+    expected = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 1, 1], [0, 0, 1]], dtype=torch.float64)
+    assert torch.equal(b, expected)
+    assert torch.linalg.matrix_rank(b) == 3
+    with pytest.raises(ValueError):
+        box_matrix(3, 4)
+
+
+@pytest.mark.parametrize("C,c,N,n", [(4, 2, 3, 2), (6, 6, 3, 1), (3, 1, 5, 3), (1, 1, 3, 2), (8, 3, 1, 1)])
+def test_projection_matches_dense_reference(C, c, N, n):
+    w = torch.randn(7, C, N, N, dtype=torch.float64)
+    a = dense_composition_matrix(C, c, N, n)
+    p = a @ torch.linalg.pinv(a)
+    ref = (w.reshape(7, -1) @ p.T).reshape_as(w)
+    assert rel_err(project_weight(w, (c, n, n)), ref) < 1e-12
+    # residual of a random kernel equals the dense-matrix reference
+    ref_res = torch.linalg.vector_norm(w.reshape(7, -1) - ref.reshape(7, -1)) / torch.linalg.vector_norm(w)
+    assert abs(float(relative_residual(w, (c, n, n))) - float(ref_res)) < 1e-12
+    # coefficients equal A^+ vec(W) and compose equals A alpha
+    alpha = coefficients(w, (c, n, n))
+    ref_alpha = (w.reshape(7, -1) @ torch.linalg.pinv(a).T).reshape(7, c, n, n)
+    assert rel_err(alpha, ref_alpha) < 1e-12
+    assert rel_err(compose(alpha, (C, N, N)), ref) < 1e-12
+
+
+@pytest.mark.parametrize("C,c,N,n", [(5, 2, 3, 2), (4, 1, 5, 2), (16, 8, 3, 3)])
+def test_projection_idempotent_and_orthogonal(C, c, N, n):
+    w = torch.randn(3, C, N, N, dtype=torch.float64)
+    inner = (c, n, n)
+    pw = project_weight(w, inner)
+    assert rel_err(project_weight(pw, inner), pw) < 1e-12  # P P = P
+    r = w - pw
+    # the residual is orthogonal to every structured kernel (P is symmetric)
+    assert abs(float((r * pw).sum())) < 1e-10 * float(w.square().sum())
+    v = torch.randn_like(w)
+    assert abs(float((project_weight(v, inner) * w).sum() - (v * pw).sum())) < 1e-10
+
+
+@pytest.mark.parametrize("C,c,N,n", [(5, 2, 3, 2), (3, 3, 5, 1), (2, 1, 1, 1)])
+def test_structured_kernel_has_zero_residual(C, c, N, n):
+    alpha = torch.randn(4, c, n, n, dtype=torch.float64)
+    w = compose(alpha, (C, N, N))
+    assert float(relative_residual(w, (c, n, n))) < 1e-14
+    assert rel_err(coefficients(w, (c, n, n)), alpha) < 1e-12
+    # the composed kernel is a sum of shifted boxes: entry counts follow the box geometry
+    ones = compose(torch.ones(1, c, n, n, dtype=torch.float64), (C, N, N))
+    assert float(ones.sum()) == c * n * n * (C - c + 1) * (N - n + 1) ** 2
+
+
+def test_random_kernel_residual_strictly_between_0_and_1():
+    w = torch.randn(8, 16, 3, 3)
+    r = float(relative_residual(w, (8, 2, 2)))
+    assert 0.5 < r < 1.0  # most of a random kernel lies outside the structured subspace
+
+
+def test_structural_loss_gradcheck_float64():
+    model = torch.nn.ModuleList([
+        StructuredConv2d(6, 3, 3, inner_channels=3, inner_kernel_size=2).double(),
+        StructuredLinear(7, 2, inner_features=4).double(),
+    ])
+
+    class Loss(torch.nn.Module):  # lets functional_call substitute the weights
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self):
+            return structural_loss(self.m)
+
+    wrapper = Loss()
+
+    def loss_of(wc, wl):
+        return torch.func.functional_call(wrapper, {"m.0.weight": wc, "m.1.weight": wl}, ())
+
+    wc = torch.randn(3, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    wl = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(loss_of, (wc, wl))
+    expected = relative_residual(wc, (3, 2, 2)) + relative_residual(wl, (4,))
+    assert abs(float((loss_of(wc, wl) - expected).detach())) < 1e-14
+    loss = structural_loss(model)
+    loss.backward()
+    assert model[0].weight.grad.abs().sum() > 0 and model[1].weight.grad.abs().sum() > 0
+
+
+def test_loss_is_scale_invariant_and_zero_after_projection():
+    conv = StructuredConv2d(8, 4, 3, inner_channels=4, inner_kernel_size=2).double()
+    before = float(structural_loss(conv).detach())
+    with torch.no_grad():
+        conv.weight.mul_(13.0)
+    assert abs(float(structural_loss(conv).detach()) - before) < 1e-12
+    conv.project_()
+    assert float(structural_loss(conv).detach()) < 1e-14
+
+
+def test_axis_operators_cached_per_device_and_dtype():
+    a = axis_operators(5, 3, "cpu", torch.float32)
+    assert axis_operators(5, 3, "cpu", torch.float32) is a
+    assert a[0].dtype == torch.float32
+    assert _axis_operators_f64.cache_info().currsize >= 1
+
+
+@pytest.mark.parametrize("C,c", [(C, c) for C, c in itertools.product([1, 4, 9], [1, 2, 4]) if c <= C])
+def test_linear_projection_reference(C, c):
+    w = torch.randn(5, C, dtype=torch.float64)
+    b = box_matrix(C, c)
+    ref = w @ (b @ torch.linalg.pinv(b)).T
+    assert rel_err(project_weight(w, (c,)), ref) < 1e-12

@@ -1,0 +1,72 @@
+"""Sum-pooling against a plain loop over windows."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.structured import SumPool, sum_pool2d, window_sum
+
+from .conftest import rel_err
+
+
+def loop_window_sum(x, dim, window, dilation=1):
+    length = x.size(dim) - dilation * (window - 1)
+    return sum(x.narrow(dim, k * dilation, length) for k in range(window))
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 7, 8, 13, 33])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_window_sum_matches_loop(window, dilation):
+    x = torch.randn(2, 40, 5, dtype=torch.float64)
+    if dilation * (window - 1) >= 40:
+        with pytest.raises(ValueError):
+            window_sum(x, 1, window, dilation)
+        return
+    assert rel_err(window_sum(x, 1, window, dilation), loop_window_sum(x, 1, window, dilation)) < 1e-13
+
+
+def reference_sum_pool(x, cw, k, pad4, dil, groups):
+    """Group-wise 3-D window sum written as a loop over every tap."""
+    x = F.pad(x, pad4)
+    b, ch, h, w = x.shape
+    cg = ch // groups
+    x = x.reshape(b, groups, cg, h, w)
+    x = loop_window_sum(x, 2, cw)
+    x = loop_window_sum(x, 3, k[0], dil[0])
+    x = loop_window_sum(x, 4, k[1], dil[1])
+    return x.flatten(1, 2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    "ch,cw,k,pad4,dil,groups",
+    [
+        (8, 5, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+        (8, 3, (3, 3), (0, 0, 0, 0), (2, 2), 2),
+        (6, 1, (2, 2), (2, 1, 0, 3), (1, 1), 6),
+        (12, 4, (1, 1), (0, 0, 0, 0), (1, 1), 3),
+        (5, 5, (4, 4), (6, 6, 6, 6), (1, 1), 1),  # padding larger than avg_pool2d allows
+    ],
+)
+def test_sum_pool2d_matches_loop(ch, cw, k, pad4, dil, groups, channels_last):
+    x = torch.randn(2, ch, 9, 7, dtype=torch.float64)
+    ref = reference_sum_pool(x, cw, k, pad4, dil, groups)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    out = SumPool(cw, k, pad4, dil, groups)(x)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) < 1e-13
+
+
+def test_sum_pool_is_exact_at_borders():
+    # all-ones input, 2x2 window, padding 1: corners see one pixel, edges two, interior four
+    out = sum_pool2d(torch.ones(1, 1, 3, 3), 1, 2, padding=1)
+    expected = torch.tensor([[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]], dtype=torch.float32)
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_sum_pool_bad_input():
+    with pytest.raises(ValueError, match="divisible"):
+        sum_pool2d(torch.randn(1, 5, 4, 4), 2, 2, groups=2)
+    with pytest.raises(ValueError, match="4-D"):
+        sum_pool2d(torch.randn(5, 4, 4), 2, 2)
