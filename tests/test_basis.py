@@ -134,3 +134,33 @@ def test_linear_projection_reference(C, c):
     b = box_matrix(C, c)
     ref = w @ (b @ torch.linalg.pinv(b)).T
     assert rel_err(project_weight(w, (c,)), ref) < 1e-12
+
+
+def test_grouped_loss_equals_sum_of_layer_residuals():
+    layers = [StructuredConv2d(8, 8, 3, inner_channels=4, inner_kernel_size=2).double() for _ in range(3)]
+    layers += [StructuredConv2d(8, 16, 3, inner_channels=2, inner_kernel_size=1).double(),
+               StructuredLinear(10, 3, inner_features=5).double()]
+    model = torch.nn.ModuleList(layers)
+    expected = sum(relative_residual(m.weight, m.inner_shape) for m in layers)
+    loss = structural_loss(model)
+    assert abs(float(loss.detach() - expected.detach())) < 1e-13
+    loss.backward()
+    for m in layers:
+        w = m.weight.detach().clone().requires_grad_(True)
+        relative_residual(w, m.inner_shape).backward()
+        assert torch.allclose(m.weight.grad, w.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_structural_residuals_per_layer_names():
+    from src.structured import project, structural_residuals
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        StructuredConv2d(4, 4, 3, inner_channels=2, inner_kernel_size=2),
+        StructuredConv2d(4, 4, 1, inner_channels=2, inner_kernel_size=1),
+    )
+    res = structural_residuals(model)
+    assert list(res) == ["1", "2"] and all(0.0 < v < 1.0 for v in res.values())
+    assert abs(sum(res.values()) - float(structural_loss(model).detach())) < 1e-6
+    project(model)
+    assert all(v < 1e-6 for v in structural_residuals(model).values())

@@ -1,15 +1,16 @@
 """Core benchmark: (a) structural-loss overhead on a ResNet-56 training step, (b) sum-pool +
 small conv against the dense conv it replaces, per layer, NCHW and channels_last.
 
-    python -m src.bench.core [--threads 2] [--reps 20] [--quick]
+    python -m src.bench.core [--threads 2] [--reps 20] [--quick] [--out results/bench_core.md]
 
 Everything is measured side by side in this process (see src/bench/timing.py) and printed as
-markdown; no numbers are stored or asserted.
+markdown (and written to --out when given); no numbers are asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from torch import nn
 from src.models.cifar_resnet import cifar_resnet
 from src.structured import StructuredConv2d, complexity, decompose, structural_loss, structurize
 
-from .timing import machine_label, time_interleaved
+from .timing import configure_allocator, machine_label, time_interleaved
 
 
 def loss_overhead(batch: int, reps: int, lam: float = 1e-2) -> str:
@@ -95,14 +96,25 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=128, help="ResNet-56 training batch")
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                    help="allocator setting (see src/bench/timing.py:configure_allocator)")
     ap.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
+    ap.add_argument("--out", help="also write the report to this markdown file")
     args = ap.parse_args(argv)
+    allocator = configure_allocator(args.malloc)
     torch.set_num_threads(args.threads)
     reps = 3 if args.quick else args.reps
-    print(f"## Core benchmark ({machine_label()})\n")
-    print(layer_table(reps))
-    print()
-    print(loss_overhead(args.batch if not args.quick else 16, max(3, reps // 2)))
+    report = "\n\n".join([
+        f"## Core benchmark\n\nMachine: {machine_label()}; {allocator}. Command: "
+        f"`python -m src.bench.core {' '.join(argv if argv is not None else sys.argv[1:])}`. "
+        "Median of interleaved repetitions; time ratio = decomposed / dense.",
+        layer_table(reps, LAYERS[:1] if args.quick else LAYERS),
+        loss_overhead(16 if args.quick else args.batch, max(3, reps // 2)),
+    ])
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .basis import relative_residual
 from .layers import DecomposedConv2d, DecomposedLinear, StructuredLayer
 
 __all__ = [
@@ -35,13 +36,24 @@ def structured_layers(module: nn.Module) -> Iterator[tuple[str, StructuredLayer]
 def structural_loss(module: nn.Module) -> torch.Tensor:
     """sum_l ||(I - A_l A_l^+) W_l||_F / ||W_l||_F over the structured layers (differentiable).
 
-    Zero (a tensor) when the model has no structured layer, so it can always be added.
+    Layers with the same kernel shape, inner shape, dtype and device are stacked and handled by
+    one set of per-axis matmuls (a ResNet-56 has 5 such groups for 54 layers), which keeps the
+    regularizer's cost a small fraction of a training step. Zero (a tensor) when the model has
+    no structured layer, so it can always be added.
     """
-    terms = [layer.structural_residual() for _, layer in structured_layers(module)]
-    if not terms:
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for _, layer in structured_layers(module):
+        w = layer.weight
+        groups.setdefault((tuple(w.shape), layer.inner_shape, w.dtype, w.device), []).append(w)
+    if not groups:
         p = next(module.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
-    return torch.stack(terms).sum()
+    total = None
+    for (_, inner, _, _), weights in groups.items():
+        stacked = weights[0].unsqueeze(0) if len(weights) == 1 else torch.stack(weights)
+        part = relative_residual(stacked, inner, batch_dims=1).sum()
+        total = part if total is None else total + part
+    return total
 
 
 @torch.no_grad()
