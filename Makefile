@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all bench clean
+.PHONY: install test test-all bench complexity clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
@@ -28,6 +28,9 @@ test-all: install
 
 bench: install
 	$(PY) -m src.bench.core
+
+complexity: install
+	$(PY) -m src.complexity > /dev/null && echo "wrote results/complexity.md"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Under pytest-xdist each worker gets one intra-op thread: two workers x two OpenMP threads on
+# a 2-core machine spin against each other and run many times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -222,3 +222,26 @@ def test_linear_constructor_validation():
         StructuredLinear(8, 2, inner_features=9)
     with pytest.raises(ValueError, match="non-square kernel"):
         StructuredConv2d(4, 4, (3, 1), inner_channels=2, inner_kernel_size=1)
+
+
+def test_rule_files_optional_rules_and_descriptions(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - {kernel_size: 3, depthwise: false, c: 0, n: 2}\n"
+        "  - {kernel_size: 1, c: 0.5, optional: true}  # no 1x1 conv in this model\n"
+        "exclude: ['0']\n"
+    )
+    model = small_model()
+    report = structurize(model, path)
+    assert [r.name for r in report] == ["2"] and report.replacements[0].inner == (4, 2, 2)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {kernel_size: 3, c: 9}\n")
+    with pytest.raises(ValueError, match=r"rule 0 \(type='conv', kernel_size=\(3,\), c=9\): layer '0'"):
+        structurize(small_model(), bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        structurize(small_model(), tmp_path / "missing.yaml")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("rules:\n  - {kernel: 3}\n")
+    with pytest.raises(ValueError, match=r"typo.yaml: rule 0: unknown keys \['kernel'\]"):
+        structurize(small_model(), typo)

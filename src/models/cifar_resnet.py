@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CifarResNet", "BasicBlock", "cifar_resnet"]
+from .registry import register_model
+
+__all__ = ["CifarResNet", "BasicBlock", "cifar_resnet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 
 
 class BasicBlock(nn.Module):
@@ -80,3 +82,31 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(depth: int, num_classes: int = 10, shortcut: str = "A", **kw) -> CifarResNet:
     return CifarResNet(depth, num_classes, shortcut, **kw)
+
+
+_CIFAR = dict(family="cifar_resnet", input_size=(3, 32, 32), num_classes=10)
+
+
+@register_model(**_CIFAR)
+def resnet20(**kw) -> CifarResNet:
+    return cifar_resnet(20, **kw)
+
+
+@register_model(**_CIFAR)
+def resnet32(**kw) -> CifarResNet:
+    return cifar_resnet(32, **kw)
+
+
+@register_model(**_CIFAR)
+def resnet44(**kw) -> CifarResNet:
+    return cifar_resnet(44, **kw)
+
+
+@register_model(**_CIFAR)
+def resnet56(**kw) -> CifarResNet:
+    return cifar_resnet(56, **kw)
+
+
+@register_model(**_CIFAR)
+def resnet110(**kw) -> CifarResNet:
+    return cifar_resnet(110, **kw)

@@ -11,7 +11,7 @@ Each layer is given to the first rule that matches it. Selectors (all optional, 
 ``type`` (conv | linear), ``name`` (fnmatch pattern or list, on the module's qualified name),
 ``exclude`` (patterns), ``kernel_size``, ``stride``, ``groups`` (int or list), ``depthwise``
 (bool: groups == in_channels > 1), ``in_channels`` / ``out_channels`` (int, list of ints, or
-``{min: a, max: b}``). Inner sizes: ``c`` (inner channels per group, or inner features for
+``{min: a, max: b}``); ``optional: true`` lets a rule match nothing. Inner sizes: ``c`` (inner channels per group, or inner features for
 Linear) and ``n`` (inner kernel size), each an absolute int >= 1, a non-positive int taken as an
 offset from the full size (``n: -1`` -> N - 1), or a float ratio in (0, 1] of the full size
 (rounded half up, at least 1); omitted means the full size (no structure along that axis).
@@ -57,13 +57,15 @@ class Rule:
     out_channels: Any = None
     c: int | float | None = None
     n: int | float | None = None
+    optional: bool = False  # may match no layer (e.g. a bottleneck rule applied to a basic-block net)
     index: int = 0
 
     KEYS = ("type", "name", "exclude", "kernel_size", "stride", "groups", "depthwise",
-            "in_channels", "out_channels", "c", "n")
+            "in_channels", "out_channels", "c", "n", "optional")
 
     def describe(self) -> str:
-        parts = [f"{k}={getattr(self, k)!r}" for k in self.KEYS if getattr(self, k) not in (None, ())]
+        parts = [f"{k}={getattr(self, k)!r}" for k in self.KEYS
+                 if getattr(self, k) is not None and getattr(self, k) != () and not (k == "optional" and not self.optional)]
         return f"rule {self.index} ({', '.join(parts)})"
 
     # --- matching -----------------------------------------------------------------------------
@@ -122,8 +124,11 @@ def _tuple(v, what: str, where: str) -> tuple | None:
 
 
 def parse_rules(rules) -> tuple[list[Rule], tuple[str, ...]]:
-    """Rules from a list of mappings / Rule objects, or a mapping {rules: [...], exclude: [...]}."""
+    """Rules from a list of mappings / Rule objects, a mapping {rules: [...], exclude: [...]}, or
+    the path of a YAML file holding that mapping. Returns (rules, global excludes)."""
     exclude: tuple[str, ...] = ()
+    if isinstance(rules, (str, Path)):
+        rules = load_rules(rules)
     if isinstance(rules, Mapping):
         unknown = set(rules) - {"rules", "exclude"}
         if unknown:
@@ -163,13 +168,14 @@ def parse_rules(rules) -> tuple[list[Rule], tuple[str, ...]]:
             type=kind, name=_tuple(r.get("name"), "name", where), exclude=_tuple(r.get("exclude"), "exclude", where) or (),
             kernel_size=_tuple(r.get("kernel_size"), "kernel_size", where), stride=_tuple(r.get("stride"), "stride", where),
             groups=_tuple(r.get("groups"), "groups", where), depthwise=r.get("depthwise"), c=r.get("c"), n=r.get("n"),
-            index=i, **channels,
+            optional=bool(r.get("optional", False)), index=i, **channels,
         ))
     return parsed, exclude
 
 
-def load_rules(path: str | Path):
-    """Read a YAML rule file ({rules: [...], exclude: [...]}); returns parse_rules' result."""
+def load_rules(path: str | Path) -> dict:
+    """Read and validate a YAML rule file ({rules: [...], exclude: [...]}); returns the mapping,
+    ready for `structurize` (which also accepts the path itself)."""
     import yaml
 
     path = Path(path)
@@ -178,9 +184,10 @@ def load_rules(path: str | Path):
     with open(path) as f:
         data = yaml.safe_load(f)
     try:
-        return parse_rules(data)
+        parse_rules(data)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    return data
 
 
 @dataclass(frozen=True)
@@ -283,7 +290,7 @@ def plan_structure(model: nn.Module, rules, *, exclude: Sequence[str] = (), allo
         report.replacements.append(Replacement(name, rule.index, rule.type, _describe_layer(m), full, inner, out_units))
     if not allow_unmatched:
         for r in parsed:
-            if hits[r.index] == 0:
+            if hits[r.index] == 0 and not r.optional:
                 raise ValueError(
                     f"{r.describe()} matches no layer of {type(model).__name__} (after excludes and "
                     f"earlier rules); fix the selectors or pass allow_unmatched=True"
