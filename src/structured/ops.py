@@ -79,7 +79,9 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
         )
     dec = layer.to_decomposed()
     if reinit:
-        dec.reset_parameters()
+        # The composed kernel gets the variance the layer's own (dense) init gave it, so the
+        # direct route starts like the model's standard initialisation (e.g. Kaiming fan-out).
+        dec.reset_parameters(dense_std=float(layer.weight.detach().std()))
     return dec
 
 
@@ -89,7 +91,8 @@ def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bo
     Every structured layer is replaced by sum-pooling followed by the small conv / linear holding
     alpha = A^+ W (same bias). The input is not modified. A layer whose relative residual exceeds
     `tol` triggers a warning naming it; its projection is what gets decomposed (A^+ W = A^+ P W).
-    `reinit=True` re-initialises every alpha for the direct-training route.
+    `reinit=True` re-initialises every alpha for the direct-training route, matching the variance
+    of each layer's current (initial) dense kernel.
     """
     if isinstance(module, StructuredLayer):
         return _decompose_layer("", module, tol, reinit)

@@ -1,0 +1,6 @@
+"""Lightning wrappers (training recipe, evaluation protocol); models stay plain PyTorch."""
+
+from .bn import recalibrate_bn
+from .module import ClassificationModule, SegmentationModule, StructuredModule, lambda_at
+
+__all__ = ["ClassificationModule", "SegmentationModule", "StructuredModule", "lambda_at", "recalibrate_bn"]
