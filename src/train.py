@@ -18,6 +18,7 @@ import logging
 import math
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ from src.models import create_model, get_entry
 from src.structured import complexity, decompose, project, structural_residuals, structured_layers
 
 log = logging.getLogger("src.train")
+
+# On resume the CSV logger appends to the existing metrics.csv (it rewrites the header, keeping
+# the rows, when new keys appear); its "previous log files will be deleted" warning is wrong here.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 SUMMARY = "summary.json"
 

@@ -1,4 +1,5 @@
-"""ImageNet (ILSVRC-2012) from an ImageFolder tree, and the loader helpers the folder datasets share."""
+"""ImageNet (ILSVRC-2012) from an ImageFolder tree; and the subset and loader helpers that the
+folder datasets (ImageNet, Cityscapes) share."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +17,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 GET_IMAGENET = (
-    "Get ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org/download-images "
-    "(free account); untar the per-class train tars into train/<wnid>/, and sort the 50,000 val "
-    "images into val/<wnid>/ with valprep.sh "
+    "Get ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+    "https://image-net.org/download-images (free account); untar the per-class train tars into "
+    "train/<wnid>/, and sort the 50,000 val images into val/<wnid>/ with valprep.sh "
     "(https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh)."
 )
 
@@ -39,13 +40,16 @@ def loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool
 
     Training order is a function of (seed, epoch) -- Lightning calls the sampler's set_epoch -- so a
     resumed run sees the batches an uninterrupted one would, and each DDP rank reads its own shard.
-    The last partial batch is dropped (BatchNorm cannot train on one example) unless it is the only one.
+    The last partial batch is dropped (BatchNorm cannot train on one example) unless it is the
+    only one.
     """
     sampler = None
     if shuffle_seed is not None:
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # The sampler shuffles epoch e with seed + e: spread the seeds so that two runs never share
+        # an epoch's order.
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                     seed=shuffle_seed)
+                                     seed=shuffle_seed * 1_000_000)
     return DataLoader(
         dataset, batch_size, sampler=sampler, num_workers=num_workers,
         pin_memory=pin_memory and torch.cuda.is_available(),
@@ -64,8 +68,9 @@ def class_interleaved(targets: Sequence[int]) -> list[int]:
 class ImageNetDataModule(pl.LightningDataModule):
     """ImageNet in ImageFolder layout: root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG.
 
-    Batches are (x float32 NCHW normalised with ImageNet mean/std, y int64). Train: RandomResizedCrop
-    + flip; val/test (both the val split): Resize(val_resize) + CenterCrop(image_size).
+    Batches are (x float32 NCHW normalised with ImageNet mean/std, y int64). Train:
+    RandomResizedCrop + flip; val/test (both the val split): Resize(val_resize) +
+    CenterCrop(image_size).
     `train_subset` / `test_subset` keep the first N examples in class-interleaved order.
     `num_classes` is set by setup() from the class folders of train/.
     """
@@ -73,8 +78,8 @@ class ImageNetDataModule(pl.LightningDataModule):
     task = "classification"
     num_classes: int
 
-    def __init__(self, root: str, batch_size: int = 256, num_workers: int = 8, image_size: int = 224,
-                 val_resize: int = 256, train_subset: int | None = None,
+    def __init__(self, root: str, batch_size: int = 256, num_workers: int = 8,
+                 image_size: int = 224, val_resize: int = 256, train_subset: int | None = None,
                  test_subset: int | None = None, seed: int = 0, pin_memory: bool = True):
         super().__init__()
         self.root = Path(root)

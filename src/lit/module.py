@@ -64,7 +64,7 @@ class StructuredModule(pl.LightningModule):
             ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
             raise FloatingPointError(
                 f"non-finite loss at epoch {self.current_epoch}, step {self.global_step}: task loss "
-                f"{float(task):.4g}, total {float(loss):.4g}. Training stopped; the last good checkpoint "
+                f"{float(task.detach()):.4g}, total {float(loss.detach()):.4g}. Training stopped; the last good checkpoint "
                 f"is kept ({ckpt}). Lower the learning rate or lambda, or check the data."
             )
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)

@@ -1,0 +1,185 @@
+"""The training pipeline end to end, on the real CIFAR-10 (small subsets, a few steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from src.models import create_model, list_models
+from src.structured import decompose
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+CIFAR = Path(os.environ.get("CIFAR10_ROOT", ROOT.parent / "shared" / "data" / "cifar10"))
+needs_cifar = pytest.mark.skipif(not (CIFAR / "cifar10_train.npz").exists(), reason=f"no CIFAR-10 at {CIFAR}")
+
+REQUIRED_KEYS = {
+    "model", "seed", "epochs", "test_acc_dense", "test_acc_projected", "test_acc_decomposed", "params_dense",
+    "params_decomposed", "mults_dense", "mults_decomposed", "adds_dense", "adds_decomposed",
+    "structural_residual_final", "lambda", "wall_time_s", "train_images_per_s", "git_sha",
+    "test_acc_decomposed_exact_subset",
+}
+
+TINY = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "data.eval_batch_size=256",
+        "trainer.max_epochs=2", "trainer.progress_bar=none", "structure.bn_recalib_batches=2"]
+
+
+def compose_cfg(overrides: list[str], run_dir: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def train(overrides, run_dir):
+    from src.train import run
+
+    return run(compose_cfg(overrides, run_dir))
+
+
+def test_every_experiment_config_composes():
+    exps = sorted(p.relative_to(CONF / "exp").with_suffix("").as_posix() for p in (CONF / "exp").rglob("*.yaml"))
+    names = set(list_models())
+    cifar = {n for n in names if n.startswith(("resnet2", "resnet3", "resnet4", "resnet5", "resnet11",
+                                               "struct_resnet2", "struct_resnet3", "struct_resnet4",
+                                               "struct_resnet5", "struct_resnet11", "cifar_", "struct_cifar_"))}
+    cifar -= {"resnet34", "resnet50", "struct_resnet34_a", "struct_resnet34_b", "struct_resnet50_a", "struct_resnet50_b"}
+    assert {e.split("/", 1)[1] for e in exps if e.startswith("cifar10/")} >= cifar
+    for exp in exps:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=[f"+exp={exp}"])
+        assert cfg.model.name in names, exp
+        assert cfg.data.name == exp.split("/")[0], exp
+        assert cfg.run_name.startswith(f"{cfg.data.name}/{cfg.model.name}"), exp
+
+
+@needs_cifar
+def test_cifar_structured_run_end_to_end(tmp_path):
+    run_dir = tmp_path / "run"
+    s = train(["+exp=cifar10/struct_resnet20_a", f"data.root={CIFAR}", "logger=wandb", *TINY], run_dir)
+    assert REQUIRED_KEYS <= set(s)
+    assert s["model"] == "struct_resnet20_a" and s["epochs"] == 2 and s["lambda"] == 0.5
+    assert (s["params_dense"], s["params_decomposed"]) == (269_722, 121_242)
+    assert s["mults_decomposed"] < 0.5 * s["mults_dense"]
+    assert 0 < s["structural_residual_final"] < 1
+    # decomposition is exact: same predictions as the projected model, up to float ties
+    assert abs(s["test_acc_decomposed"] - s["test_acc_projected"]) <= 100 / 256 + 1e-9
+    assert s["test_acc_decomposed_exact_subset"] is not None  # the offline copy marks bit-exact images
+    assert json.loads((run_dir / "summary.json").read_text()) == s
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    for key in ("train/structural_loss_epoch", "residual/mean", "residual/max", "val/acc", "test_decomposed/acc"):
+        assert key in metrics, key
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb did not log offline"
+    # the deploy checkpoint loads into the decomposed architecture
+    deploy = torch.load(run_dir / "deploy.pt", weights_only=False)
+    model = decompose(create_model("struct_resnet20_a"), tol=float("inf"))
+    model.load_state_dict(deploy["state_dict"])
+    # running the same command again reports the finished run without redoing it
+    assert train(["+exp=cifar10/struct_resnet20_a", f"data.root={CIFAR}", *TINY], run_dir) == s
+
+
+@needs_cifar
+def test_direct_route_and_dense_baseline(tmp_path):
+    s = train(["+exp=cifar10/struct_resnet56_a_direct", f"data.root={CIFAR}", "model.name=struct_resnet20_a", *TINY],
+              tmp_path / "direct")
+    assert s["route"] == "direct" and s["lambda"] == 0.0
+    assert s["test_acc_dense"] == s["test_acc_decomposed"]
+    assert s["params_decomposed"] == 121_242 and s["structural_residual_final"] == 0.0
+    d = train(["+exp=cifar10/resnet20", f"data.root={CIFAR}", *TINY], tmp_path / "dense")
+    assert d["params_dense"] == d["params_decomposed"] == 269_722
+    assert d["test_acc_dense"] == d["test_acc_decomposed"]
+
+
+@needs_cifar
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from src.lit.module import ClassificationModule
+
+    original = ClassificationModule.task_loss
+
+    def poisoned(self, out, target):
+        loss = original(self, out, target)
+        return loss * float("nan") if self.current_epoch >= 1 else loss
+
+    monkeypatch.setattr(ClassificationModule, "task_loss", poisoned)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 1.*last good checkpoint is kept \(.*last.ckpt\)"):
+        train(["+exp=cifar10/struct_resnet20_b", f"data.root={CIFAR}", *TINY], run_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_missing_data_root_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"no CIFAR-10 found at {tmp_path}/nowhere: expected .*cifar10_train.npz"):
+        train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/nowhere", *TINY], tmp_path / "run")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "cifar10_train.npz").write_bytes(b"garbage")
+    with pytest.raises(FileNotFoundError, match="incomplete: cifar10_test.npz is missing"):
+        train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/half", *TINY], tmp_path / "run2")
+    (tmp_path / "half" / "cifar10_test.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=rf"{tmp_path}/half/cifar10_train.npz is corrupt"):
+        train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/half", *TINY], tmp_path / "run3")
+
+
+def _cmd(run_dir: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "src.train", "+exp=cifar10/struct_resnet20_a", f"data.root={CIFAR}",
+            f"hydra.run.dir={run_dir}", *TINY, *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@needs_cifar
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    extra = ["trainer.max_epochs=3", "data.train_subset=512"]
+    full = tmp_path / "full"
+    subprocess.run(_cmd(full, extra), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(killed, extra), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt_dir = killed / "checkpoints"
+    deadline = time.time() + 300
+    while not list(ckpt_dir.glob("epoch*.ckpt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    subprocess.run(_cmd(killed, extra), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    a = json.loads((full / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    for key in ("test_acc_dense", "test_acc_projected", "test_acc_decomposed", "epochs"):
+        assert a[key] == b[key], key
+    assert abs(a["structural_residual_final"] - b["structural_residual_final"]) < 1e-6
+
+
+@needs_cifar
+def test_ddp_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    out = subprocess.run(_cmd(run_dir, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                        "trainer.max_epochs=1"]),
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["epochs"] == 1
+    assert s["params_decomposed"] == 121_242
