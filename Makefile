@@ -8,7 +8,13 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all bench complexity clean
+.PHONY: install test test-all bench complexity reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
+
+# Reproduction: PROFILE=quick (2-core CPU, ~30 min) or full (the paper's recipe; GPU).
+PROFILE ?= full
+RUNS ?= runs
+CIFAR_ROOT ?= $(if $(wildcard ../shared/data/cifar10/cifar10_train.npz),../shared/data/cifar10,data/cifar10)
+DATA ?=
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
@@ -31,6 +37,23 @@ bench: install
 
 complexity: install
 	$(PY) -m src.complexity > /dev/null && echo "wrote results/complexity.md"
+
+reproduce-cifar: install
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --data $(CIFAR_ROOT) --runs $(RUNS)
+	$(MAKE) tables PROFILE=$(PROFILE)
+
+tables: install
+	$(PY) -m src.tables --runs $(RUNS)/$(PROFILE) --out results/$(PROFILE)
+
+reproduce-imagenet: install
+	@test -n "$(DATA)" || { echo "usage: make reproduce-imagenet DATA=/path/to/imagenet (train/ and val/ folders)"; exit 2; }
+	$(PY) -m experiments.reproduce --profile imagenet --data $(DATA) --runs $(RUNS)
+	$(MAKE) tables PROFILE=imagenet
+
+reproduce-cityscapes: install
+	@test -n "$(DATA)" || { echo "usage: make reproduce-cityscapes DATA=/path/to/cityscapes"; exit 2; }
+	$(PY) -m experiments.reproduce --profile cityscapes --data $(DATA) --runs $(RUNS)
+	$(MAKE) tables PROFILE=cityscapes
 
 clean:
 	rm -rf $(VENV) .pytest_cache

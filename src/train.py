@@ -189,6 +189,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {
         "model": cfg.model.name, "dataset": cfg.data.name, "route": cfg.structure.route, "tag": cfg.tag,
+        "profile": cfg.profile,
         "seed": cfg.seed, "epochs": trainer.current_epoch, "max_epochs": cfg.trainer.max_epochs,
         "lambda": cfg.structure.lam if regularized else 0.0, "lambda_ramp_epochs": cfg.structure.lam_ramp_epochs,
         "bn_recalib": bool(cfg.structure.bn_recalib and has_structure),

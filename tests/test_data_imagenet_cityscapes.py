@@ -57,6 +57,7 @@ def test_imagenet_batches(imagenet_root):
     # normalised: [0, 1] maps into [-mean/std, (1-mean)/std] = about [-2.12, 2.64]
     assert -2.2 < x.min() < x.max() < 2.7
     assert len(dm.train_dataloader()) == 3  # 12 examples, batch 4
+    assert [c.shape for c in dm.calibration_batches(2)] == [(4, 3, 32, 32)] * 2
     for load in (dm.val_dataloader, dm.test_dataloader):
         xs, ys = zip(*load())
         assert torch.cat(xs).shape == (6, 3, 32, 32)
@@ -174,6 +175,7 @@ def test_cityscapes_train_batch(cityscapes_root):
     assert t.shape == (2, 48, 96) and t.dtype == torch.int64 and type(t) is torch.Tensor
     assert set(t.unique().tolist()) <= set(range(19)) | {255}
     assert -2.2 < x.min() < x.max() < 2.7
+    assert [c.shape for c in dm.calibration_batches(5)] == [(2, 3, 48, 96)] * 2  # all there are
 
 
 def test_cityscapes_crop_pads_with_ignore(cityscapes_root):

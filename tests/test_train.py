@@ -183,3 +183,26 @@ def test_ddp_two_cpu_processes(tmp_path):
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["world_size"] == 2 and s["epochs"] == 1
     assert s["params_decomposed"] == 121_242
+
+
+def test_imagenet_and_cityscapes_fixtures_end_to_end(tmp_path):
+    from src.data import make_cityscapes_fixture, make_imagenet_fixture
+
+    imagenet = make_imagenet_fixture(tmp_path / "imagenet", num_classes=3, train_per_class=4, val_per_class=2)
+    small = ["trainer.max_epochs=1", "trainer.progress_bar=none", "data.batch_size=4", "data.num_workers=0",
+             "structure.bn_recalib_batches=1"]
+    s = train(["+exp=imagenet/struct_resnet18_a", f"data.root={imagenet}", "data.image_size=32",
+               "data.val_resize=36", *small], tmp_path / "in")
+    assert s["dataset"] == "imagenet" and s["epochs"] == 1 and s["test_acc_decomposed"] is not None
+    assert s["params_decomposed"] < 0.5 * s["params_dense"]
+    cityscapes = make_cityscapes_fixture(tmp_path / "cityscapes", train_per_city=2, val_per_city=1, size=(64, 128))
+    s = train(["+exp=cityscapes/struct_hrnetv2_w18_small_v2_seg_a", f"data.root={cityscapes}",
+               "data.crop_size=[64,128]", *small], tmp_path / "cs")
+    assert s["dataset"] == "cityscapes" and 0 <= s["test_miou_decomposed"] <= 100
+    assert abs(s["test_miou_decomposed"] - s["test_miou_projected"]) < 1.0
+    assert "test_acc_decomposed" not in s
+
+
+def test_imagenet_missing_root_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/missing"):
+        train(["+exp=imagenet/resnet18", f"data.root={tmp_path}/missing", "trainer.progress_bar=none"], tmp_path / "r")

@@ -3,16 +3,15 @@
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.datasets import Cityscapes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from src.data.errors import DataRootError, open_image, require_dir
-from src.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, first_n, loader
+from src.data.common import FileDataModule, first_n
+from src.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 GET_CITYSCAPES = (
     "Cityscapes needs a (free) account: register at https://www.cityscapes-dataset.com/register/, "
@@ -71,7 +70,7 @@ class _CityscapesFine(Cityscapes):
         return self.transforms(image, mask)
 
 
-class CityscapesDataModule(pl.LightningDataModule):
+class CityscapesDataModule(FileDataModule):
     """Cityscapes in torchvision's layout: root/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and
     root/gtFine/{train,val}/<city>/*_gtFine_labelIds.png.
 
@@ -89,10 +88,7 @@ class CityscapesDataModule(pl.LightningDataModule):
                  crop_size: tuple[int, int] = (512, 1024),
                  scale_range: tuple[float, float] = (0.5, 2.0), train_subset: int | None = None,
                  test_subset: int | None = None, seed: int = 0, pin_memory: bool = True):
-        super().__init__()
-        self.root = Path(root)
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self.train_subset, self.test_subset, self.seed = train_subset, test_subset, seed
+        super().__init__(root, batch_size, num_workers, train_subset, test_subset, seed, pin_memory)
         to_input = [v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64},
                                scale=True),
                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()]
@@ -103,8 +99,6 @@ class CityscapesDataModule(pl.LightningDataModule):
             v2.RandomHorizontalFlip(),
             *to_input])
         self.val_transform = v2.Compose(to_input)
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
@@ -121,13 +115,3 @@ class CityscapesDataModule(pl.LightningDataModule):
                                  self.train_subset)
         self.val_set = first_n(_CityscapesFine(self.root, "val", self.val_transform),
                                self.test_subset)
-
-    def train_dataloader(self) -> DataLoader:
-        return loader(self.train_set, self.batch_size, self.num_workers, self.pin_memory,
-                      shuffle_seed=self.seed, trainer=self.trainer)
-
-    def val_dataloader(self) -> DataLoader:
-        return loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()

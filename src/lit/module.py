@@ -4,7 +4,6 @@ classification and segmentation. The model itself is plain PyTorch (src/models).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
