@@ -206,3 +206,17 @@ def test_imagenet_and_cityscapes_fixtures_end_to_end(tmp_path):
 def test_imagenet_missing_root_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/missing"):
         train(["+exp=imagenet/resnet18", f"data.root={tmp_path}/missing", "trainer.progress_bar=none"], tmp_path / "r")
+
+
+def test_reproduction_profiles_name_existing_experiments():
+    from experiments import reproduce
+
+    for profile in reproduce.PROFILES:
+        cmds = reproduce.commands(profile, "/data", Path("runs"), [])
+        assert cmds
+        for cmd in cmds:
+            exp = next(a for a in cmd if a.startswith("+exp=")).removeprefix("+exp=")
+            assert (CONF / "exp" / f"{exp}.yaml").exists(), exp
+            assert f"hydra.run.dir=runs/{profile}/" in " ".join(cmd)
+    full = reproduce.commands("full", "/data", Path("runs"), [])
+    assert len(full) == (4 * 3 + 1) * 3  # 4 families x dense/A/B + direct ablation, 3 seeds

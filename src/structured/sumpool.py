@@ -1,11 +1,22 @@
 """Parameter-free sliding-window sums (the first stage of a decomposed structured layer).
 
 The window sum over channels (within groups) and space is separable, so it is computed one axis
-at a time. Along one axis a window of width w is summed by binary doubling of shifted slices
-(sum of widths 1, 2, 4, ... picked by the bits of w): about 2 log2(w) full-tensor adds instead
-of w - 1, no cumulative sums (which lose float precision on long axes), no pooling kernels
-(``avg_pool3d`` on an unsqueezed tensor is several times slower than the conv it replaces, and
-``avg_pool2d`` rejects large paddings). Plain slicing and adds keep channels_last strides.
+at a time, channels first (it shrinks the tensor). Every path is a few full-tensor passes of
+memory-bound work, so each axis uses the form with the fewest passes (measured on CPU, see
+``python -m src.bench``):
+
+- space, stride 1, padding at most half the window (the usual case): one ``avg_pool2d`` with
+  ``divisor_override=1``, a single pass that also applies the zero padding and keeps
+  channels_last. Other geometries (dilation, larger or asymmetric padding) pad explicitly and
+  use shifted adds. ONNX exporters drop ``divisor_override``, so export takes the general path.
+- channels, window >= 16: differences of a cumulative sum along the channel axis, taken
+  channels-innermost (2-3 passes; the scan accumulates in float64 on CPU, so the differences
+  keep float32 accuracy for the axis lengths of real networks).
+- otherwise (:func:`window_sum`): binary doubling of shifted slices (sum of widths 1, 2, 4, ...
+  picked by the bits of the window): about 2 log2(w) adds instead of w - 1.
+
+No pooling kernel is used for channels: ``avg_pool3d`` on an unsqueezed tensor is several times
+slower than the conv it replaces.
 """
 
 from __future__ import annotations
@@ -61,6 +72,44 @@ def _pad4(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
     raise ValueError(f"padding must be an int, (pad_h, pad_w) or (left, right, top, bottom): {padding}")
 
 
+# From this channel window on, cumulative-sum differences beat binary doubling (fewer passes).
+CUMSUM_MIN_WINDOW = 16
+
+
+def _channel_window_sum(x: torch.Tensor, window: int, groups: int) -> torch.Tensor:
+    """Window sum over the channels of a (B, C, H, W) tensor within each group, keeping the
+    memory format. A channels_last tensor is processed as its (B, H, W, G, C/G) view, so the
+    channel axis is the contiguous one."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    t = x.permute(0, 2, 3, 1) if channels_last else x
+    axis = 3 if channels_last else 1
+    t = t.unflatten(axis, (groups, t.size(axis) // groups))
+    axis += 1
+    if window < CUMSUM_MIN_WINDOW or window > t.size(axis):  # (window_sum raises on the latter)
+        out = window_sum(t, axis, window)
+    else:
+        prefix = torch.cumsum(t, axis)
+        count = t.size(axis) - window + 1
+        out = prefix.narrow(axis, window - 1, count).clone()
+        out.narrow(axis, 1, count - 1).sub_(prefix.narrow(axis, 0, count - 1))
+    out = out.flatten(axis - 1, axis)
+    return out.permute(0, 3, 1, 2) if channels_last else out
+
+
+def _spatial_sum(x: torch.Tensor, kernel: tuple[int, int], pads: tuple[int, int, int, int],
+                 dilation: tuple[int, int]) -> torch.Tensor:
+    """Stride-1 window sum over H and W after zero padding (left, right, top, bottom)."""
+    (kh, kw), (dh, dw), (left, right, top, bottom) = kernel, dilation, pads
+    if (kh, kw) == (1, 1) and not any(pads):
+        return x
+    if (dh, dw) == (1, 1) and left == right <= kw // 2 and top == bottom <= kh // 2 \
+            and not torch.onnx.is_in_onnx_export():
+        return F.avg_pool2d(x, (kh, kw), 1, (top, left), divisor_override=1)
+    if any(pads):
+        x = F.pad(x, pads)
+    return window_sum(window_sum(x, 2, kh, dh), 3, kw, dw)
+
+
 def sum_pool2d(
     x: torch.Tensor,
     channel_window: int,
@@ -80,17 +129,8 @@ def sum_pool2d(
     if channels % groups:
         raise ValueError(f"sum_pool2d: {channels} input channels are not divisible by groups={groups}")
     if channel_window > 1:
-        # Channel window first: it shrinks the tensor before padding and the spatial sums.
-        if groups == 1:
-            x = window_sum(x, 1, channel_window)
-        else:
-            x = window_sum(x.unflatten(1, (groups, channels // groups)), 2, channel_window)
-            x = x.flatten(1, 2)
-    pads = _pad4(padding)
-    if any(pads):
-        x = F.pad(x, pads)
-    x = window_sum(x, 2, kh, dh)
-    return window_sum(x, 3, kw, dw)
+        x = _channel_window_sum(x, channel_window, groups)
+    return _spatial_sum(x, (kh, kw), _pad4(padding), (dh, dw))
 
 
 class SumPool(nn.Module):
