@@ -220,3 +220,12 @@ def test_reproduction_profiles_name_existing_experiments():
             assert f"hydra.run.dir=runs/{profile}/" in " ".join(cmd)
     full = reproduce.commands("full", "/data", Path("runs"), [])
     assert len(full) == (4 * 3 + 1) * 3  # 4 families x dense/A/B + direct ablation, 3 seeds
+
+
+def test_slurm_launcher_config_composes():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["+exp=cifar10/struct_resnet56_a", "+launcher=slurm",
+                                          "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition == "gpu"
