@@ -192,15 +192,16 @@ def plot_acc_vs_macs(dataset: str, groups: dict[tuple, list[dict]], out: Path) -
 def plot_training(dataset: str, groups: dict[tuple, list[dict]], out: Path) -> None:
     metric = "val/miou" if dataset == "cityscapes" else "val/acc"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for (ds, model, route, tag, _), g in groups.items():
-        if ds != dataset:
-            continue
+    selected = [(k, g) for k, g in groups.items() if k[0] == dataset]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((_, model, route, tag, _), g) in enumerate(selected):
         curves = read_curves(g[0]["_dir"])
         label = f"{model}{tag}{' (direct)' if route == 'direct' else ''} seed {g[0]['seed']}"
+        style = dict(marker=".", label=label, color=colours[i % len(colours)])  # same colour in both panels
         if metric in curves:
-            ax2.plot([e + 1 for e, _ in curves[metric]], [100 * v for _, v in curves[metric]], marker=".", label=label)
+            ax2.plot([e + 1 for e, _ in curves[metric]], [100 * v for _, v in curves[metric]], **style)
         if "residual/mean" in curves:
-            ax1.plot([e + 1 for e, _ in curves["residual/mean"]], [v for _, v in curves["residual/mean"]], marker=".", label=label)
+            ax1.plot([e + 1 for e, _ in curves["residual/mean"]], [v for _, v in curves["residual/mean"]], **style)
     ax1.set_yscale("log")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("mean relative structural residual")

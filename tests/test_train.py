@@ -76,7 +76,7 @@ def test_cifar_structured_run_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     s = train(["+exp=cifar10/struct_resnet20_a", f"data.root={CIFAR}", "logger=wandb", *TINY], run_dir)
     assert REQUIRED_KEYS <= set(s)
-    assert s["model"] == "struct_resnet20_a" and s["epochs"] == 2 and s["lambda"] == 0.5
+    assert s["model"] == "struct_resnet20_a" and s["epochs"] == 2 and s["lambda"] == 2.0
     assert (s["params_dense"], s["params_decomposed"]) == (269_722, 121_242)
     assert s["mults_decomposed"] < 0.5 * s["mults_dense"]
     assert 0 < s["structural_residual_final"] < 1
