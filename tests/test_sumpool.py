@@ -70,3 +70,27 @@ def test_sum_pool_bad_input():
         sum_pool2d(torch.randn(1, 5, 4, 4), 2, 2, groups=2)
     with pytest.raises(ValueError, match="4-D"):
         sum_pool2d(torch.randn(5, 4, 4), 2, 2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ch,cw,groups", [(64, 33, 1), (128, 49, 2), (96, 32, 1), (512, 257, 1)])
+def test_wide_channel_windows_float32_match_float64_loop(ch, cw, groups, channels_last):
+    """Wide channel windows take the cumulative-sum path: float32 must stay within 1e-5 of the
+    float64 loop reference (post-ReLU-like positive inputs, the worst case for cancellation)."""
+    x64 = torch.rand(2, ch, 6, 5, dtype=torch.float64) * 3
+    ref = reference_sum_pool(x64, cw, (2, 2), (1, 1, 1, 1), (1, 1), groups)
+    x = x64.float()
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    out = SumPool(cw, 2, 1, 1, groups)(x)
+    assert rel_err(out.double(), ref) < 1e-5
+    assert float(((out.double() - ref).abs() / ref.abs()).max()) < 1e-5  # also elementwise
+
+
+def test_inference_and_autograd_paths_agree():
+    x = torch.randn(2, 16, 9, 7).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast = sum_pool2d(x, 5, 2, 1)
+    slow = sum_pool2d(x.clone().requires_grad_(True), 5, 2, 1)
+    assert rel_err(fast, slow) < 1e-6
+    slow.sum().backward()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import math
+import statistics
+import time
 import warnings
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -18,6 +21,7 @@ __all__ = [
     "structural_residuals",
     "project",
     "decompose",
+    "plan_recompose",
     "DECOMPOSE_TOLERANCE",
 ]
 
@@ -69,7 +73,8 @@ def project(module: nn.Module) -> nn.Module:
     return module
 
 
-def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool) -> nn.Module:
+def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool,
+                     recompose: bool) -> nn.Module:
     residual = float(layer.structural_residual().detach())
     if residual > tol:
         warnings.warn(
@@ -77,6 +82,8 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
             f"residual {residual:.3e} > {tol:.0e}); decomposing its projection",
             stacklevel=3,
         )
+    if recompose:
+        return copy.deepcopy(layer).project_()
     dec = layer.to_decomposed()
     if reinit:
         # The composed kernel gets the variance the layer's own (dense) init gave it, so the
@@ -85,7 +92,8 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
     return dec
 
 
-def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bool = False) -> nn.Module:
+def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bool = False,
+              recompose: Iterable[str] = ()) -> nn.Module:
     """The deploy form of `module` (a single structured layer or a whole model).
 
     Every structured layer is replaced by sum-pooling followed by the small conv / linear holding
@@ -93,16 +101,83 @@ def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bo
     `tol` triggers a warning naming it; its projection is what gets decomposed (A^+ W = A^+ P W).
     `reinit=True` re-initialises every alpha for the direct-training route, matching the variance
     of each layer's current (initial) dense kernel.
+
+    Deploy option `recompose`: names of structured layers (as :func:`structured_layers` gives
+    them; '' for a single layer) to deploy re-composed instead, as their projected train-form
+    layer, i.e. one dense conv with the structured kernel A alpha. The output is the same (up to
+    rounding); such a layer keeps the dense parameter count and MACs but skips the memory-bound
+    sum-pool passes, which costs less where a layer is too small, or its input too wide, to gain
+    from the decomposition on the hardware at hand. :func:`plan_recompose` measures which.
     """
+    recompose = set(recompose)
+    if reinit and recompose:
+        raise ValueError("decompose: reinit (direct-training route) and recompose (deploy plan) exclude each other")
     if isinstance(module, StructuredLayer):
-        return _decompose_layer("", module, tol, reinit)
+        _check_names(recompose, {""})
+        return _decompose_layer("", module, tol, reinit, "" in recompose)
     model = copy.deepcopy(module)
     replacements = [(name, layer) for name, layer in structured_layers(model)]
+    _check_names(recompose, {name for name, _ in replacements})
     for name, layer in replacements:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, _decompose_layer(name, layer, tol, reinit))
+        setattr(parent, child, _decompose_layer(name, layer, tol, reinit, name in recompose))
     return model
+
+
+def _check_names(requested: set[str], known: set[str]) -> None:
+    unknown = requested - known
+    if unknown:
+        raise ValueError(f"decompose: recompose names no structured layer: {sorted(unknown)}")
+
+
+@torch.no_grad()
+def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int = 15,
+                   margin: float = 0.05) -> list[str]:
+    """Names of the structured layers of `module` that run faster re-composed than decomposed,
+    measured on this machine: the deploy plan for ``decompose(module, recompose=...)``.
+
+    One forward pass of `example_input` records each structured layer's input; each layer is
+    then timed in both deploy forms on that input (interleaved, median of `reps` after warm-up,
+    in the input's memory format and the current thread setting). A layer is re-composed only
+    when that is faster by more than `margin` (a fraction), so measurement noise leaves layers
+    decomposed. The plan is specific to the input shape, hardware and backend it was measured
+    on (this is eager PyTorch; a compiler or ONNX Runtime fuses differently).
+    """
+    inputs: dict[str, torch.Tensor] = {}
+    layers = dict(structured_layers(module))
+    handles = [layer.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0]))
+               for name, layer in layers.items()]
+    try:
+        module(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    plan = []
+    for name, x in inputs.items():
+        layer = layers[name]
+        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        dec = decompose(layer, tol=math.inf).to(memory_format=fmt)
+        dense = decompose(layer, tol=math.inf, recompose=[""]).to(memory_format=fmt)
+        t_dec, t_dense = _median_seconds([lambda: dec(x), lambda: dense(x)], reps)
+        if t_dense * (1 + margin) < t_dec:
+            plan.append(name)
+    return plan
+
+
+def _median_seconds(fns, reps: int, warmup: int = 2) -> list[float]:
+    """Median wall-clock seconds per call of each fn, called round-robin."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, s in zip(fns, samples):
+            t0 = time.perf_counter()
+            fn()
+            s.append(time.perf_counter() - t0)
+    return [statistics.median(s) for s in samples]
 
 
 def is_decomposed_layer(m: nn.Module) -> bool:

@@ -1,22 +1,29 @@
 """Parameter-free sliding-window sums (the first stage of a decomposed structured layer).
 
 The window sum over channels (within groups) and space is separable, so it is computed one axis
-at a time, channels first (it shrinks the tensor). Every path is a few full-tensor passes of
-memory-bound work, so each axis uses the form with the fewest passes (measured on CPU, see
-``python -m src.bench``):
+at a time, channels first (that shrinks the tensor). Each step is memory-bound, so each uses the
+form with the fewest full-tensor passes (measured on CPU; ``python -m src.bench`` reports the
+effect per layer and per model):
 
-- space, stride 1, padding at most half the window (the usual case): one ``avg_pool2d`` with
-  ``divisor_override=1``, a single pass that also applies the zero padding and keeps
-  channels_last. Other geometries (dilation, larger or asymmetric padding) pad explicitly and
-  use shifted adds. ONNX exporters drop ``divisor_override``, so export takes the general path.
-- channels, window >= 16: differences of a cumulative sum along the channel axis, taken
-  channels-innermost (2-3 passes; the scan accumulates in float64 on CPU, so the differences
-  keep float32 accuracy for the axis lengths of real networks).
-- otherwise (:func:`window_sum`): binary doubling of shifted slices (sum of widths 1, 2, 4, ...
-  picked by the bits of the window): about 2 log2(w) adds instead of w - 1.
+- space, window 2 x 2 with padding <= 1 (every 3x3 -> 2x2 structured conv), at inference: one
+  add pass per axis written straight into the output, edge rows copied (no padded copy of the
+  input). Small inputs, where op overhead dominates: one ``avg_pool2d`` with
+  ``divisor_override=1`` if channels_last (its kernel is slower per element, and its NCHW kernel
+  several times slower still), the general path below if NCHW.
+- space, otherwise (autograd, ``torch.compile``, other windows or dilations): explicit zero
+  padding, then :func:`window_sum` per axis: plain pads, slices and adds, which inductor fuses.
+- space, during ONNX export: AveragePool (padding counted) times the window size, the form ONNX
+  Runtime runs fastest (measured 2x faster than pads and adds); exact for power-of-two windows
+  such as 2 x 2, within one rounding otherwise. (Exporters silently drop ``avg_pool2d``'s
+  ``divisor_override``, so the eager form cannot be exported as it is.)
+- channels, window >= 32: differences of a cumulative sum, taken with the channel axis innermost
+  for channels_last input (the CPU scan accumulates in float64, so the differences keep float32
+  accuracy at the axis lengths of real networks); shorter windows: :func:`window_sum`.
 
-No pooling kernel is used for channels: ``avg_pool3d`` on an unsqueezed tensor is several times
-slower than the conv it replaces.
+:func:`window_sum` sums a window of w taps by binary doubling of shifted slices (widths 1, 2,
+4, ... picked by the bits of w): about 2 log2(w) adds instead of w - 1. No pooling kernel is used
+for channels: ``avg_pool3d`` on an unsqueezed tensor is several times slower than the conv it
+replaces. Every path keeps the input's memory format.
 """
 
 from __future__ import annotations
@@ -72,15 +79,19 @@ def _pad4(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
     raise ValueError(f"padding must be an int, (pad_h, pad_w) or (left, right, top, bottom): {padding}")
 
 
-# From this channel window on, cumulative-sum differences beat binary doubling (fewer passes).
-CUMSUM_MIN_WINDOW = 16
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+# From this channel window on, cumulative-sum differences beat binary doubling (measured on CPU).
+CUMSUM_MIN_WINDOW = 32
 
 
 def _channel_window_sum(x: torch.Tensor, window: int, groups: int) -> torch.Tensor:
     """Window sum over the channels of a (B, C, H, W) tensor within each group, keeping the
     memory format. A channels_last tensor is processed as its (B, H, W, G, C/G) view, so the
     channel axis is the contiguous one."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = _is_channels_last(x)
     t = x.permute(0, 2, 3, 1) if channels_last else x
     axis = 3 if channels_last else 1
     t = t.unflatten(axis, (groups, t.size(axis) // groups))
@@ -90,24 +101,63 @@ def _channel_window_sum(x: torch.Tensor, window: int, groups: int) -> torch.Tens
     else:
         prefix = torch.cumsum(t, axis)
         count = t.size(axis) - window + 1
-        out = prefix.narrow(axis, window - 1, count).clone()
-        out.narrow(axis, 1, count - 1).sub_(prefix.narrow(axis, 0, count - 1))
+        out = torch.cat([prefix.narrow(axis, window - 1, 1),
+                         prefix.narrow(axis, window, count - 1) - prefix.narrow(axis, 0, count - 1)], axis)
     out = out.flatten(axis - 1, axis)
     return out.permute(0, 3, 1, 2) if channels_last else out
 
 
+# Below this many elements (op overhead dominates) an inference input takes a one-op or
+# fewer-op path; above it, one add pass per axis into a preallocated output is fastest.
+SMALL_INPUT = 1 << 16
+
+
+def _pair_sum(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
+    """Window-2 sum along `dim` of x zero-padded by (before, after) <= 1: one add pass written
+    straight into the output, whose edge rows are copies of x's (no padded copy of x)."""
+    length = x.size(dim)
+    shape = list(x.shape)
+    shape[dim] = length - 1 + before + after
+    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    torch.add(x.narrow(dim, 0, length - 1), x.narrow(dim, 1, length - 1),
+              out=out.narrow(dim, before, length - 1))
+    if before:
+        out.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
+    if after:
+        out.narrow(dim, -1, 1).copy_(x.narrow(dim, length - 1, 1))
+    return out
+
+
 def _spatial_sum(x: torch.Tensor, kernel: tuple[int, int], pads: tuple[int, int, int, int],
                  dilation: tuple[int, int]) -> torch.Tensor:
-    """Stride-1 window sum over H and W after zero padding (left, right, top, bottom)."""
-    (kh, kw), (dh, dw), (left, right, top, bottom) = kernel, dilation, pads
-    if (kh, kw) == (1, 1) and not any(pads):
+    """Stride-1 window sum over H and W after zero padding (left, right, top, bottom). The
+    checks are ordered cheapest first: at batch 1 they are a visible part of a layer's time."""
+    (kh, kw), (left, right, top, bottom) = kernel, pads
+    if kernel == (1, 1) and not any(pads):
         return x
-    if (dh, dw) == (1, 1) and left == right <= kw // 2 and top == bottom <= kh // 2 \
-            and not torch.onnx.is_in_onnx_export():
-        return F.avg_pool2d(x, (kh, kw), 1, (top, left), divisor_override=1)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # torch.compile / export / ONNX export
+        # ONNX has no sum-pool: AveragePool (padding counted) times the window size
+        if dilation == (1, 1) and left == right <= kw // 2 and top == bottom <= kh // 2 \
+                and torch.onnx.is_in_onnx_export():
+            return F.avg_pool2d(x, kernel, 1, (top, left), count_include_pad=True) * (kh * kw)
+    elif kernel == (2, 2) and dilation == (1, 1) and max(pads) <= 1 \
+            and not (x.requires_grad and torch.is_grad_enabled()):
+        if x.numel() >= SMALL_INPUT:
+            if x.size(2) > 1 and x.size(3) > 1:
+                return _pair_sum(_pair_sum(x, 2, top, bottom), 3, left, right)
+        elif left == right and top == bottom and _is_channels_last(x):
+            return F.avg_pool2d(x, 2, 1, (top, left), divisor_override=1)
     if any(pads):
         x = F.pad(x, pads)
-    return window_sum(window_sum(x, 2, kh, dh), 3, kw, dw)
+    return window_sum(window_sum(x, 2, kh, dilation[0]), 3, kw, dilation[1])
+
+
+def _sum_pool(x: torch.Tensor, channel_window: int, kernel: tuple[int, int],
+              pads: tuple[int, int, int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
+    if channel_window > 1:
+        x = _channel_window_sum(x, channel_window, groups)
+    return _spatial_sum(x, kernel, pads, dilation)
 
 
 def sum_pool2d(
@@ -121,16 +171,14 @@ def sum_pool2d(
     """Stride-1 window sum of an (B, C, H, W) tensor over channels (within each of `groups`
     groups) and space, after zero padding. Output: (B, groups * (C/groups - channel_window + 1),
     H + pad_h - dil_h (k_h - 1), W + pad_w - dil_w (k_w - 1))."""
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
     if x.dim() != 4:
         raise ValueError(f"sum_pool2d expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}")
     channels = x.size(1)
     if channels % groups:
         raise ValueError(f"sum_pool2d: {channels} input channels are not divisible by groups={groups}")
-    if channel_window > 1:
-        x = _channel_window_sum(x, channel_window, groups)
-    return _spatial_sum(x, (kh, kw), _pad4(padding), (dh, dw))
+    return _sum_pool(x, channel_window, kernel, _pad4(padding), dilation, groups)
 
 
 class SumPool(nn.Module):
@@ -156,7 +204,10 @@ class SumPool(nn.Module):
         self.groups = int(groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum_pool2d(x, self.channel_window, self.kernel_size, self.padding, self.dilation, self.groups)
+        if x.dim() != 4:
+            raise ValueError(f"SumPool expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}")
+        # arguments normalised once in __init__ (sum_pool2d's per-call checks cost at batch 1)
+        return _sum_pool(x, self.channel_window, self.kernel_size, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,92 @@
+"""src.export: ONNX export of the decomposed model, and the checkpoint forms it accepts."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from src.export import deploy_model, main, read_checkpoint
+from src.models import create_model
+from src.structured import decompose, project
+
+from .conftest import rel_err
+from .test_structurize import randomize_bn
+
+NAME = "struct_resnet20_a"
+
+
+def trained_like(name: str = NAME) -> torch.nn.Module:
+    """A train-form structured model with non-trivial weights and BN statistics."""
+    model = create_model(name)
+    with torch.no_grad():
+        randomize_bn(model)
+    return model.eval()
+
+
+def test_cli_export_runs_in_onnxruntime_with_the_small_kernels(tmp_path):
+    model = trained_like()
+    ckpt = tmp_path / "model.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = main(["--model", NAME, "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx")])
+
+    graph = onnx.load(str(out))
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    conv_weights = {n.input[1] for n in graph.graph.node if n.op_type == "Conv"}
+    shapes = [tuple(numpy_helper.to_array(i).shape) for i in graph.graph.initializer if i.name in conv_weights]
+    # the 18 structured 3x3 convs appear as their 2x2 alpha; only the RGB stem keeps a 3x3 kernel
+    assert sorted(s for s in shapes if s[2:] == (2, 2)) == sorted(
+        [(16, 16, 2, 2)] * 6 + [(32, 16, 2, 2)] + [(32, 32, 2, 2)] * 5 + [(64, 32, 2, 2)] + [(64, 64, 2, 2)] * 5)
+    assert [s for s in shapes if s[2:] == (3, 3)] == [(16, 3, 3, 3)]
+
+    reference = decompose(project(model))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # the batch axis is dynamic
+        x = torch.randn(batch, 3, 32, 32)
+        (y,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            expected = reference(x)
+        assert rel_err(torch.from_numpy(np.asarray(y)), expected) <= 1e-4
+
+
+@pytest.mark.parametrize("form", ["state_dict", "lightning", "deploy"])
+def test_checkpoint_forms_give_the_same_deployed_model(tmp_path, form):
+    model = trained_like()
+    reference = decompose(project(model))
+    if form == "state_dict":
+        payload = model.state_dict()
+    elif form == "lightning":
+        payload = {"epoch": 3, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    else:  # what src.train writes next to its checkpoints
+        payload = {"model": NAME, "num_classes": 10, "state_dict": reference.state_dict()}
+    path = tmp_path / "ckpt.pt"
+    torch.save(payload, path)
+    deployed = deploy_model(NAME if form != "deploy" else None, path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(deployed(x), reference(x)) <= 1e-6
+    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+def test_bad_checkpoints_raise_value_errors_naming_the_file(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(ValueError, match="nope.pt does not exist"):
+        deploy_model(NAME, missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="corrupt.pt"):
+        read_checkpoint(corrupt)
+    other = tmp_path / "resnet56.pt"
+    torch.save(create_model("struct_resnet56_a").state_dict(), other)
+    with pytest.raises(ValueError, match=r"resnet56.pt does not fit model 'struct_resnet20_a'.*unexpected"):
+        deploy_model(NAME, other)
+    wrong_classes = tmp_path / "cifar100.pt"
+    torch.save(create_model(NAME, num_classes=100).state_dict(), wrong_classes)
+    with pytest.raises(ValueError, match="cifar100.pt.*shape mismatch"):
+        deploy_model(NAME, wrong_classes)
+    assert deploy_model(NAME, wrong_classes, num_classes=100).fc.out_features == 100
+    recorded = tmp_path / "deploy.pt"
+    torch.save({"model": "struct_resnet56_a", "state_dict": {"w": torch.zeros(1)}}, recorded)
+    with pytest.raises(ValueError, match="deploy.pt is for model 'struct_resnet56_a'"):
+        deploy_model(NAME, recorded)
