@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all bench complexity reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
+.PHONY: install test test-all bench bench-core complexity reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
 
 # Reproduction: PROFILE=quick (2-core CPU, ~30 min) or full (the paper's recipe; GPU).
 PROFILE ?= full
@@ -32,8 +32,11 @@ test: install
 test-all: install
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
-bench: install
-	$(PY) -m src.bench.core
+bench: install          # model-level speed: dense vs decomposed, all backends -> results/speed.md
+	$(PY) -m src.bench
+
+bench-core: install     # core benchmark: structural-loss overhead, per-layer timings -> results/bench_core.md
+	$(PY) -m src.bench.core --out results/bench_core.md
 
 complexity: install
 	$(PY) -m src.complexity > /dev/null && echo "wrote results/complexity.md"
