@@ -17,6 +17,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .basis import coefficients, compose, project_weight, relative_residual
@@ -201,6 +202,10 @@ class StructuredConv2d(StructuredLayer, nn.Conv2d):
             dec.conv.weight.copy_(self.coefficients())
             if self.bias is not None:
                 dec.conv.bias.copy_(self.bias)
+        if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+            # keep a channels_last model channels_last: an NCHW alpha next to channels_last
+            # activations costs a weight reorder per call (measured +15 % on ResNet-56 at batch 1)
+            dec = dec.to(memory_format=torch.channels_last)
         dec.train(self.training)
         return dec
 
@@ -249,6 +254,15 @@ class StructuredLinear(StructuredLayer, nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", inner_features={self.inner_features}"
+
+
+def _runs_hooks(module: nn.Module) -> bool:
+    """Whether calling `module` would run any hook, its own or a global one (the condition under
+    which ``nn.Module.__call__`` does more than call ``forward``)."""
+    g = nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks
+                or g._global_backward_hooks or g._global_backward_pre_hooks)
 
 
 def _alpha_bound(dense_fan_in: int, inner_numel: int, box_volume: int, dense_std: float | None) -> float:
@@ -334,7 +348,13 @@ class DecomposedConv2d(nn.Module):
         return compose(self.conv.weight, self.full_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.pool(x))
+        pool, conv = self.pool, self.conv
+        if _runs_hooks(pool) or _runs_hooks(conv):  # e.g. complexity()'s counters: call the modules
+            return conv(pool(x))
+        # The same computation without the two nested module calls, whose Python overhead is
+        # ~8 % of a decomposed ResNet-56 forward at batch 1 (measured on CPU).
+        return F.conv2d(pool.forward(x), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                        conv.groups)
 
 
 class DecomposedLinear(nn.Module):
