@@ -2,9 +2,10 @@
 
 A structured kernel of shape (C, N, N) with inner sizes (c, n) is vec(W) = A vec(alpha) with
 A = B(C, c) (x) B(N, n) (x) B(N, n). Every operator here (compose, coefficients, projection)
-is applied through this Kronecker structure: one small matmul for the channel axis (C x C at
-most) and one for the two spatial axes (their N^2 x N^2 product), so the (C N^2)^2 projector is
-never built. The per-axis matrices are computed once in float64 and cached per (device, dtype).
+is applied through this Kronecker structure: one small matmul for the two spatial axes (their
+N^2 x N^2 product) and one for the channel axis (C x C at most), so the (C N^2)^2 projector is
+never built. The projection (the structural loss's hot path) does not use the C x C matrix at
+all: its channel part is O(C) per filter (`null_project`). The per-axis matrices are computed once in float64 and cached per (device, dtype).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = [
     "project_weight",
     "residual_weight",
     "relative_residual",
+    "null_project",
+    "layer_residuals",
 ]
 
 
@@ -78,6 +81,46 @@ def _operator(full: Sequence[int], inner: Sequence[int], which: int, ref: torch.
     return op
 
 
+def _fold_counts(length: int, inner: int, ref: torch.Tensor) -> torch.Tensor:
+    """m_k = #{i in [0, length) : i mod L == k}, k < L = length - inner + 1 (cached)."""
+    key = ("fold", length, inner, ref.device, ref.dtype)
+    m = _DEVICE_CACHE.get(key)
+    if m is None:
+        period = length - inner + 1
+        m = torch.bincount(torch.arange(length) % period, minlength=period).to(device=ref.device, dtype=ref.dtype)
+        _DEVICE_CACHE[key] = m
+    return m  # type: ignore[return-value]
+
+
+def null_project(x: torch.Tensor, length: int, inner: int, dim: int) -> torch.Tensor:
+    """(I - B B^+) applied along axis `dim` of x (size `length`), in O(length) per fibre.
+
+    The orthogonal complement of B(length, inner)'s columns (boxes of L = length - inner + 1
+    ones starting at 0 .. inner-1) is {E z : 1^T z = 0}: every window of L consecutive entries
+    sums to zero, so consecutive windows give v[i + L] = v[i], i.e. v is L-periodic (E is the
+    length x L periodic-extension matrix) with a zero-sum period. E^T E = diag(m) with m_k the
+    number of positions i with i mod L = k, so the projection onto that space is
+    E z with z = (u - mu) / m, u = E^T x (x folded by period L and summed) and mu chosen so that
+    1^T z = 0. No length x length matrix is formed: at C = 2048 channels this is what keeps the
+    structural loss cheap (the dense C x C projector costs O(C^2) per output filter).
+    """
+    period = length - inner + 1
+    if period == 1:  # inner == length: B is the identity, nothing is orthogonal to it
+        return torch.zeros_like(x)
+    dim = dim % x.dim()
+    reps = -(-length // period)
+    pad = reps * period - length
+    xt = x.movedim(dim, -1)
+    if pad:
+        xt = torch.nn.functional.pad(xt, (0, pad))
+    u = xt.unflatten(-1, (reps, period)).sum(-2)  # (..., L)
+    inv_m = 1.0 / _fold_counts(length, inner, x)
+    mu = (u * inv_m).sum(-1, keepdim=True) / inv_m.sum()
+    z = (u - mu) * inv_m
+    v = z.repeat(*([1] * (z.dim() - 1)), reps)[..., :length]
+    return v.movedim(-1, dim)
+
+
 def _apply(x: torch.Tensor, full: Sequence[int], inner: Sequence[int], which: int) -> torch.Tensor:
     """Apply operator `which` to the trailing structure axes of x: (..., C, N, N) or (..., F).
 
@@ -85,6 +128,11 @@ def _apply(x: torch.Tensor, full: Sequence[int], inner: Sequence[int], which: in
     one over the flattened spatial axes, one over the channel axis. (Broadcasting a small matrix
     over many tiny batched products instead was measured 2x slower on CPU.)
     """
+    if which == 2 and full[0] != inner[0]:
+        # the projection's channel (or feature) axis: P_C x = x - (I - P_C) x in O(C), see null_project
+        dim = -len(full)
+        x = _apply(x, full, (full[0], *inner[1:]), 2)
+        return x - null_project(x, full[0], inner[0], dim)
     if len(full) == 1:  # Linear
         op = _operator(full, inner, which, x)
         return x if op is None else x @ op.T
@@ -122,13 +170,151 @@ def residual_weight(weight: torch.Tensor, inner_shape: Sequence[int]) -> torch.T
     return weight - project_weight(weight, inner_shape)
 
 
+def _residual(w: torch.Tensor, full: Sequence[int], inner: Sequence[int]) -> torch.Tensor:
+    """(I - A A^+) W without autograd, with as few full-size passes as possible: the spatial
+    projection is one small matmul, the channel part folds the (spatially projected) kernel by
+    period L = C - c + 1 and adds the expanded correction back in place (see `null_project`).
+
+    Works in the kernel's memory order: a channels_last stack (what a channels_last model's
+    weights give) is processed as (..., H, W, C) with the spatial operator as one batched
+    (N^2 x N^2) @ (N^2 x C) matmul, 3-4x faster than reordering it."""
+    full, inner = tuple(full), tuple(inner)
+    view, dim = _physical_view(w, full)
+    if view is not w:  # (..., H, W, C), contiguous
+        return _residual_view(view, full, inner, cdim=dim, channels_last=True).movedim(-1, -3)
+    return _residual_view(w, full, inner, cdim=dim, channels_last=False)
+
+
+def _residual_view(w: torch.Tensor, full: tuple, inner: tuple, cdim: int, channels_last: bool) -> torch.Tensor:
+    if full[1:] != inner[1:]:  # s = P_S W, a new tensor
+        if channels_last:
+            op = _operator(full[1:], inner[1:], 2, w)
+            c = full[0]
+            s = torch.matmul(op, w.reshape(-1, op.shape[0], c)).view(w.shape)
+        else:
+            s = _apply(w, full, (full[0], *inner[1:]), 2)
+    else:
+        s = w
+    if full[0] == inner[0]:
+        return w - s if s is not w else torch.zeros_like(w)
+    length, period = full[0], full[0] - inner[0] + 1
+    dim = cdim % w.dim()
+    z = _fold(s, length, inner[0], dim)
+    # R = W - P_C s = (W - s) + (I - P_C) s = (W - s) + E z
+    r = torch.sub(w, s, out=s) if s is not w else torch.zeros_like(w)
+    for start in range(0, length, period):
+        n = min(period, length - start)
+        r.narrow(dim, start, n).add_(z.narrow(dim, 0, n))
+    return r
+
+
+def _fold(x: torch.Tensor, length: int, inner: int, dim: int) -> torch.Tensor:
+    """z with E z = (I - B B^+) x along `dim` (the period-L coordinates of `null_project`)."""
+    period = length - inner + 1
+    u = x.narrow(dim, 0, period).clone()
+    for start in range(period, length, period):
+        n = min(period, length - start)
+        u.narrow(dim, 0, n).add_(x.narrow(dim, start, n))
+    inv_m = (1.0 / _fold_counts(length, inner, x)).view(period, *([1] * (x.dim() - 1 - dim)))
+    mu = (u * inv_m).sum(dim, keepdim=True) / inv_m.sum()
+    return (u - mu).mul_(inv_m)
+
+
+class _Residuals(torch.autograd.Function):
+    """Per-layer relative residuals r_l = ||(I - P_l) W_l|| / ||W_l|| of a list of kernels.
+
+    Backward uses that I - P is an orthogonal projector (self-adjoint, idempotent):
+    dr/dW = R / (||R|| ||W||) - r W / ||W||^2 with R = (I - P) W: one fused pass per layer
+    instead of autograd's trip back through every matmul and fold of the forward. Kernels whose
+    only reduced axis is the channel axis (1x1 convs, Linear) never form R: with z the period-L
+    fold of W (`_fold`), R = E z and ||R||^2 = sum_k m_k z_k^2, so the forward reads W twice and
+    the backward writes the gradient once. Nothing is stacked, so the gradients are fresh tensors
+    that AccumulateGrad takes without a copy. Together this keeps the regularizer at a few percent
+    of a ResNet-50 training step (it was 13 % with autograd through dense C x C projectors).
+    """
+
+    @staticmethod
+    def forward(ctx, specs, *weights):  # noqa: D102
+        ctx.specs, saved, ratios, norms = specs, [], [], []
+        for w, (full, inner) in zip(weights, specs):
+            n_w = torch.linalg.vector_norm(w).clamp_min(torch.finfo(w.dtype).tiny)
+            if tuple(full) == tuple(inner):
+                r = None
+                n_r = torch.zeros((), dtype=w.dtype, device=w.device)
+            elif tuple(full[1:]) == tuple(inner[1:]):  # channel axis only: keep the fold
+                view, dim = _physical_view(w, full)
+                r = _fold(view, full[0], inner[0], dim)
+                m = _fold_counts(full[0], inner[0], w).view(r.shape[dim], *([1] * (r.dim() - 1 - dim)))
+                n_r = (r * r * m).sum().sqrt()
+            else:
+                r = _residual(w, full, inner)
+                n_r = torch.linalg.vector_norm(r)
+            saved.append(r)
+            ratios.append(n_r / n_w)
+            norms.append((n_r, n_w))
+        ctx.saved, ctx.norms = saved, norms
+        ctx.save_for_backward(*weights)
+        return torch.stack(ratios)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        weights = ctx.saved_tensors
+        grads = []
+        for i, (w, (full, inner), r, (n_r, n_w)) in enumerate(zip(weights, ctx.specs, ctx.saved, ctx.norms)):
+            g = grad[i]
+            coef_w = g * (n_r / n_w) / n_w / n_w  # sequential divisions: n_w^2 may underflow
+            if r is None:
+                out = torch.mul(w, -coef_w)
+                grads.append(out)
+                continue
+            coef_r = torch.where(n_r > 0, g / n_r.clamp_min(torch.finfo(w.dtype).tiny) / n_w, torch.zeros_like(g))
+            if r.shape == w.shape:
+                out = torch.mul(r, coef_r)
+            else:  # r is the fold z: out = coef_r * E z
+                out = torch.empty_like(w)
+                view, dim = _physical_view(out, full)
+                period = r.shape[dim]
+                for start in range(0, full[0], period):
+                    n = min(period, full[0] - start)
+                    torch.mul(r.narrow(dim, 0, n), coef_r, out=view.narrow(dim, start, n))
+            out.addcmul_(w, coef_w, value=-1)
+            grads.append(out)
+        return (None, *grads)
+
+
+def _physical_view(w: torch.Tensor, full: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """(view, channel dim): a channels_last conv kernel as its contiguous (O, H, W, C) view."""
+    if len(full) == 3 and w.dim() >= 4 and w.movedim(-3, -1).is_contiguous():
+        return w.movedim(-3, -1), w.dim() - 1
+    return w, w.dim() - len(full)
+
+
+def layer_residuals(weights: Sequence[torch.Tensor], inner_shapes: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(L,) relative residuals ||(I - A A^+) W|| / ||W|| of L kernels (each (O, C, N, N) or
+    (O, F)), differentiable with the fused backward of `_Residuals`."""
+    specs = [(tuple(w.shape[-len(i):]), tuple(i)) for w, i in zip(weights, inner_shapes)]
+    if any(w.requires_grad for w in weights) and torch.is_grad_enabled():
+        return _Residuals.apply(specs, *weights)
+    with torch.no_grad():
+        return torch.stack([relative_residual(w, i) for w, i in zip(weights, inner_shapes)])
+
+
 def relative_residual(weight: torch.Tensor, inner_shape: Sequence[int], batch_dims: int = 0) -> torch.Tensor:
     """||(I - A A^+) W||_F / ||W||_F, differentiable, in [0, 1] (0 for W == 0).
 
     With batch_dims=1, `weight` stacks several layers' kernels (G, O, ...) and the result is
-    the (G,) vector of their residuals (one set of matmuls for the whole group).
+    the (G,) vector of their residuals.
     """
+    if batch_dims not in (0, 1):
+        raise ValueError(f"relative_residual: batch_dims must be 0 or 1, got {batch_dims}")
+    if weight.requires_grad and torch.is_grad_enabled():
+        parts = weight.unbind(0) if batch_dims else [weight]
+        out = layer_residuals(parts, [inner_shape] * len(parts))
+        return out if batch_dims else out[0]
     dims = tuple(range(batch_dims, weight.dim()))
-    num = torch.linalg.vector_norm(residual_weight(weight, inner_shape), dim=dims)
-    den = torch.linalg.vector_norm(weight, dim=dims)
+    full = tuple(weight.shape[-len(inner_shape):])
+    with torch.no_grad():
+        num = torch.linalg.vector_norm(_residual(weight, full, tuple(inner_shape)), dim=dims)
+        den = torch.linalg.vector_norm(weight, dim=dims)
     return num / den.clamp_min(torch.finfo(weight.dtype).tiny)

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from .basis import relative_residual
+from .basis import layer_residuals
 from .layers import DecomposedConv2d, DecomposedLinear, StructuredLayer
 
 __all__ = [
@@ -40,23 +40,23 @@ def structured_layers(module: nn.Module) -> Iterator[tuple[str, StructuredLayer]
 def structural_loss(module: nn.Module) -> torch.Tensor:
     """sum_l ||(I - A_l A_l^+) W_l||_F / ||W_l||_F over the structured layers (differentiable).
 
-    Layers with the same kernel shape, inner shape, dtype and device are stacked and handled by
-    one set of per-axis matmuls (a ResNet-56 has 5 such groups for 54 layers), which keeps the
-    regularizer's cost a small fraction of a training step. Zero (a tensor) when the model has
-    no structured layer, so it can always be added.
+    One autograd node for all layers (`basis.layer_residuals`): O(C) channel folds instead of
+    C x C projectors, one small matmul for the spatial axes, and a fused backward, which keeps
+    the regularizer's cost a few percent of a training step (measured by `python -m src.bench
+    --sections training`). Zero (a tensor) when the model has no structured layer, so it can
+    always be added.
     """
-    groups: dict[tuple, list[torch.Tensor]] = {}
-    for _, layer in structured_layers(module):
-        w = layer.weight
-        groups.setdefault((tuple(w.shape), layer.inner_shape, w.dtype, w.device), []).append(w)
-    if not groups:
+    layers = [layer for _, layer in structured_layers(module)]
+    if not layers:
         p = next(module.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
+    groups: dict[tuple, list[StructuredLayer]] = {}
+    for layer in layers:  # one call per device/dtype
+        groups.setdefault((layer.weight.device, layer.weight.dtype), []).append(layer)
     total = None
-    for (_, inner, _, _), weights in groups.items():
-        stacked = weights[0].unsqueeze(0) if len(weights) == 1 else torch.stack(weights)
-        part = relative_residual(stacked, inner, batch_dims=1).sum()
-        total = part if total is None else total + part
+    for group in groups.values():
+        part = layer_residuals([m.weight for m in group], [m.inner_shape for m in group]).sum()
+        total = part if total is None else total + part.to(total.device)
     return total
 
 
