@@ -94,3 +94,20 @@ def test_inference_and_autograd_paths_agree():
     slow = sum_pool2d(x.clone().requires_grad_(True), 5, 2, 1)
     assert rel_err(fast, slow) < 1e-6
     slow.sum().backward()
+
+
+@pytest.mark.parametrize("pad", [0, 1, (1, 0), (0, 1)])
+@pytest.mark.parametrize("shape", [(1, 16, 32, 32), (3, 8, 5, 7), (1, 1, 4, 4)])
+def test_sum_pool_module_fast_path_matches_loop(pad, shape):
+    """SumPool's one-call 2 x 2 inference path (small channels_last inputs, no autograd) against
+    the loop, in both memory formats and with autograd, so a wrong shortcut cannot hide."""
+    pool = SumPool(1, 2, pad)
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    x = torch.randn(*shape, dtype=torch.float64)
+    ref = loop_window_sum(loop_window_sum(F.pad(x, (pw, pw, ph, ph)), 2, 2), 3, 2)
+    for inp in (x, x.to(memory_format=torch.channels_last), x.clone().requires_grad_(True)):
+        out = pool(inp)
+        assert out.shape == ref.shape and rel_err(out, ref) < 1e-12
+    assert pool._avg_pad == (ph, pw)
+    with pytest.raises(ValueError, match="4-D"):
+        pool(x[0])

@@ -259,10 +259,13 @@ class StructuredLinear(StructuredLayer, nn.Linear):
 def _runs_hooks(module: nn.Module) -> bool:
     """Whether calling `module` would run any hook, its own or a global one (the condition under
     which ``nn.Module.__call__`` does more than call ``forward``)."""
-    g = nn.modules.module
+    g = _module_globals
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks
                 or g._global_backward_hooks or g._global_backward_pre_hooks)
+
+
+_module_globals = nn.modules.module
 
 
 def _alpha_bound(dense_fan_in: int, inner_numel: int, box_volume: int, dense_std: float | None) -> float:
@@ -348,13 +351,16 @@ class DecomposedConv2d(nn.Module):
         return compose(self.conv.weight, self.full_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool, conv = self.pool, self.conv
+        modules = self._modules
+        pool, conv = modules["pool"], modules["conv"]
         if _runs_hooks(pool) or _runs_hooks(conv):  # e.g. complexity()'s counters: call the modules
             return conv(pool(x))
-        # The same computation without the two nested module calls, whose Python overhead is
-        # ~8 % of a decomposed ResNet-56 forward at batch 1 (measured on CPU).
-        return F.conv2d(pool.forward(x), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                        conv.groups)
+        # The same computation without the two nested module calls and nn.Module.__getattr__
+        # lookups, whose Python overhead was ~7 % of a decomposed ResNet-56 forward at batch 1
+        # (measured on CPU: 54 layers x ~9 us).
+        params = conv._parameters
+        return F.conv2d(pool.forward(x), params["weight"], params["bias"], conv.stride, conv.padding,
+                        conv.dilation, conv.groups)
 
 
 class DecomposedLinear(nn.Module):

@@ -202,8 +202,20 @@ class SumPool(nn.Module):
         self.padding = _pad4(padding)
         self.dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
         self.groups = int(groups)
+        left, right, top, bottom = self.padding
+        # (pad_h, pad_w) when this pool is the common 2 x 2, symmetric-padding, channel-free one whose
+        # small channels_last inference inputs take one avg_pool2d call (see _spatial_sum), else None
+        self._avg_pad = ((top, left) if self.channel_window == 1 and self.kernel_size == (2, 2)
+                         and self.dilation == (1, 1) and left == right <= 1 and top == bottom <= 1 else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Fast path first, with the cheapest checks (at batch 1 a decomposed ResNet-56 layer's
+        # Python overhead is a visible share of its time): the same avg_pool2d call that
+        # _spatial_sum makes for these inputs, without the generic dispatch.
+        if self._avg_pad is not None and not x.requires_grad and x.dim() == 4 and x.numel() < SMALL_INPUT \
+                and x.is_contiguous(memory_format=torch.channels_last) \
+                and not torch.compiler.is_compiling() and not torch._C._get_tracing_state():
+            return F.avg_pool2d(x, 2, 1, self._avg_pad, divisor_override=1)
         if x.dim() != 4:
             raise ValueError(f"SumPool expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}")
         # arguments normalised once in __init__ (sum_pool2d's per-call checks cost at batch 1)
