@@ -10,7 +10,7 @@ import torch
 
 from src.bench import models
 from src.models import create_model
-from src.structured import DecomposedConv2d, StructuredConv2d, decompose, project, sumpool
+from src.structured import DecomposedConv2d, StructuredConv2d, StructuredLinear, decompose, project, sumpool
 from src.structured.ops import plan_recompose
 
 from .conftest import rel_err
@@ -78,3 +78,28 @@ def test_sum_pool_fast_paths_are_exact(cw, groups, pad4, channels_last):
     assert pair_sum.call_count == 0 and rel_err(trained, ref) < 1e-13  # autograd: pads and adds
     trained.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_deploy_forms_are_exact_and_validated():
+    """Every deploy form of a channel- and space-structured model computes the same function;
+    the spatial form holds B(C, c) alpha over all channels; bad forms name the layer."""
+    model = project(create_model("struct_resnet20_b").eval()).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    names = [name for name, m in model.named_modules() if isinstance(m, StructuredConv2d)]
+    ref = decompose(model)
+    with torch.no_grad():
+        y = ref(x)
+        for form in ("spatial", "dense"):
+            other = decompose(model, recompose={n: form for n in names})
+            assert rel_err(other(x), y) < 1e-12, form
+    spatial = decompose(model, recompose={names[0]: "spatial"})
+    layer = spatial.get_submodule(names[0])
+    assert isinstance(layer, DecomposedConv2d) and layer.pool.channel_window == 1
+    assert layer.conv.weight.shape[1] == model.get_submodule(names[0]).in_channels  # all channels
+    with pytest.raises(ValueError, match="unknown deploy form"):
+        decompose(model, recompose={names[0]: "sparse"})
+    lin = torch.nn.Sequential(StructuredLinear(8, 4, inner_features=3))
+    with pytest.raises(ValueError, match="'0'.*no spatial axes"):
+        decompose(lin, recompose={"0": "spatial"})
+    plan = plan_recompose(model.float(), x.float(), reps=1)
+    assert set(plan) <= set(names) and set(plan.values()) <= {"spatial", "dense"}

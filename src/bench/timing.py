@@ -28,6 +28,21 @@ def configure_allocator(mode: str) -> str:
     return "glibc malloc, tuned (mmap threshold 32 MiB, trim threshold 1 GiB)"
 
 
+def huge_pages_label() -> str:
+    """Whether PyTorch's CPU allocator asks for transparent huge pages (THP_MEM_ALLOC_ENABLE, read
+    once by c10 when torch starts) and the kernel's THP mode."""
+    import os
+
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        mode = "unknown"
+    flag = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+    asked = "requested" if flag not in ("", "0") else "not requested"
+    return f"transparent huge pages {asked} (THP_MEM_ALLOC_ENABLE={flag or '0'}; kernel THP mode: {mode})"
+
+
 def machine_label() -> str:
     cpu = platform.processor() or platform.machine()
     try:

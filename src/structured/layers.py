@@ -191,15 +191,29 @@ class StructuredConv2d(StructuredLayer, nn.Conv2d):
         n = self.inner_kernel_size
         return (self.inner_channels, n, n)
 
-    def to_decomposed(self) -> "DecomposedConv2d":
+    def to_decomposed(self, spatial_only: bool = False) -> "DecomposedConv2d":
+        """SumPool + the small conv holding alpha = A^+ W.
+
+        ``spatial_only=True``: the partly re-composed deploy form, in which the sum-pool runs over
+        space only and the conv holds B(C, c) alpha (all C/g input channels, n x n), computed from
+        the projected kernel so it equals the full decomposition of the projection. It keeps the
+        spatial saving (n^2 / N^2 of the MACs) and skips the channel-window pass, which on CPU costs
+        more than it saves where channels are few (see ``plan_recompose``)."""
         w = self.weight
+        inner_c = self.in_channels // self.groups if spatial_only else self.inner_channels
         dec = DecomposedConv2d(
             self.in_channels, self.out_channels, self.kernel_size[0], self.stride, conv_padding4(self),
             self.dilation, self.groups, self.bias is not None, device=w.device, dtype=w.dtype,
-            inner_channels=self.inner_channels, inner_kernel_size=self.inner_kernel_size,
+            inner_channels=inner_c, inner_kernel_size=self.inner_kernel_size,
         )
         with torch.no_grad():
-            dec.conv.weight.copy_(self.coefficients())
+            if spatial_only:
+                n = self.inner_kernel_size
+                projected = project_weight(w.detach().double(), self.inner_shape)
+                alpha = coefficients(projected, (inner_c, n, n)).to(w.dtype)
+            else:
+                alpha = self.coefficients()
+            dec.conv.weight.copy_(alpha)
             if self.bias is not None:
                 dec.conv.bias.copy_(self.bias)
         if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():

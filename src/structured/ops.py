@@ -7,13 +7,13 @@ import math
 import statistics
 import time
 import warnings
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .basis import layer_residuals
-from .layers import DecomposedConv2d, DecomposedLinear, StructuredLayer
+from .layers import DecomposedConv2d, DecomposedLinear, StructuredConv2d, StructuredLayer
 
 __all__ = [
     "structured_layers",
@@ -22,6 +22,7 @@ __all__ = [
     "project",
     "decompose",
     "plan_recompose",
+    "DEPLOY_FORMS",
     "DECOMPOSE_TOLERANCE",
 ]
 
@@ -73,8 +74,11 @@ def project(module: nn.Module) -> nn.Module:
     return module
 
 
-def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool,
-                     recompose: bool) -> nn.Module:
+# Deploy forms of a structured layer (see decompose's `recompose`).
+DEPLOY_FORMS = ("decomposed", "spatial", "dense")
+
+
+def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool, form: str) -> nn.Module:
     residual = float(layer.structural_residual().detach())
     if residual > tol:
         warnings.warn(
@@ -82,8 +86,10 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
             f"residual {residual:.3e} > {tol:.0e}); decomposing its projection",
             stacklevel=3,
         )
-    if recompose:
+    if form == "dense":
         return copy.deepcopy(layer).project_()
+    if form == "spatial":
+        return layer.to_decomposed(spatial_only=True)
     dec = layer.to_decomposed()
     if reinit:
         # The composed kernel gets the variance the layer's own (dense) init gave it, so the
@@ -93,7 +99,7 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
 
 
 def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bool = False,
-              recompose: Iterable[str] = ()) -> nn.Module:
+              recompose: Iterable[str] | Mapping[str, str] = ()) -> nn.Module:
     """The deploy form of `module` (a single structured layer or a whole model).
 
     Every structured layer is replaced by sum-pooling followed by the small conv / linear holding
@@ -102,48 +108,73 @@ def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bo
     `reinit=True` re-initialises every alpha for the direct-training route, matching the variance
     of each layer's current (initial) dense kernel.
 
-    Deploy option `recompose`: names of structured layers (as :func:`structured_layers` gives
-    them; '' for a single layer) to deploy re-composed instead, as their projected train-form
-    layer, i.e. one dense conv with the structured kernel A alpha. The output is the same (up to
-    rounding); such a layer keeps the dense parameter count and MACs but skips the memory-bound
-    sum-pool passes, which costs less where a layer is too small, or its input too wide, to gain
-    from the decomposition on the hardware at hand. :func:`plan_recompose` measures which.
+    Deploy option `recompose`: structured layers (names as :func:`structured_layers` gives them;
+    '' for a single layer) to deploy in another exact form. Names alone mean "dense": the
+    projected train-form layer, one dense conv with the structured kernel A alpha (dense
+    parameter count and MACs, no sum-pool pass). A mapping name -> form also allows "spatial"
+    (convs only): sum-pool over space only, then an n x n conv over all input channels holding
+    B(C, c) alpha, which keeps the spatial saving and skips the channel-window pass. The output
+    is the same up to rounding; which form is fastest depends on the layer, input and hardware,
+    and :func:`plan_recompose` measures it.
     """
-    recompose = set(recompose)
-    if reinit and recompose:
+    forms = dict(recompose) if isinstance(recompose, Mapping) else dict.fromkeys(recompose, "dense")
+    bad = {n: f for n, f in forms.items() if f not in DEPLOY_FORMS}
+    if bad:
+        raise ValueError(f"decompose: unknown deploy form(s) {bad}; choose from {DEPLOY_FORMS}")
+    if reinit and any(f != "decomposed" for f in forms.values()):
         raise ValueError("decompose: reinit (direct-training route) and recompose (deploy plan) exclude each other")
     if isinstance(module, StructuredLayer):
-        _check_names(recompose, {""})
-        return _decompose_layer("", module, tol, reinit, "" in recompose)
+        _check_names(forms, {"": module})
+        return _decompose_layer("", module, tol, reinit, forms.get("", "decomposed"))
     model = copy.deepcopy(module)
     replacements = [(name, layer) for name, layer in structured_layers(model)]
-    _check_names(recompose, {name for name, _ in replacements})
+    _check_names(forms, dict(replacements))
     for name, layer in replacements:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, _decompose_layer(name, layer, tol, reinit, name in recompose))
+        setattr(parent, child, _decompose_layer(name, layer, tol, reinit, forms.get(name, "decomposed")))
     return model
 
 
-def _check_names(requested: set[str], known: set[str]) -> None:
-    unknown = requested - known
+def _check_names(forms: Mapping[str, str], known: Mapping[str, StructuredLayer]) -> None:
+    unknown = set(forms) - set(known)
     if unknown:
         raise ValueError(f"decompose: recompose names no structured layer: {sorted(unknown)}")
+    for name, form in forms.items():
+        if form == "spatial" and not isinstance(known[name], StructuredConv2d):
+            raise ValueError(f"decompose: layer '{name}' ({type(known[name]).__name__}) has no spatial axes; "
+                             f"deploy form 'spatial' applies to convs only")
+
+
+def _forms_for(layer: StructuredLayer, forms: Sequence[str]) -> list[str]:
+    """The distinct deploy forms worth timing for `layer` ("spatial" only when it differs from both
+    others: a conv with channel and spatial structure)."""
+    out = [f for f in forms if f != "spatial"]
+    if "spatial" in forms and isinstance(layer, StructuredConv2d) \
+            and layer.inner_channels < layer.in_channels // layer.groups \
+            and layer.inner_kernel_size < layer.kernel_size[0]:
+        out.append("spatial")
+    return out
 
 
 @torch.no_grad()
 def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int = 15,
-                   margin: float = 0.05) -> list[str]:
-    """Names of the structured layers of `module` that run faster re-composed than decomposed,
-    measured on this machine: the deploy plan for ``decompose(module, recompose=...)``.
+                   margin: float = 0.05, forms: Sequence[str] = DEPLOY_FORMS) -> dict[str, str]:
+    """The deploy plan for ``decompose(module, recompose=plan)``: name -> form ("dense" or
+    "spatial") for the structured layers of `module` that run faster in that form than
+    decomposed, measured on this machine.
 
     One forward pass of `example_input` records each structured layer's input; each layer is
-    then timed in both deploy forms on that input (interleaved, median of `reps` after warm-up,
-    in the input's memory format and the current thread setting). A layer is re-composed only
-    when that is faster by more than `margin` (a fraction), so measurement noise leaves layers
-    decomposed. The plan is specific to the input shape, hardware and backend it was measured
-    on (this is eager PyTorch; a compiler or ONNX Runtime fuses differently).
+    then timed in each of `forms` on that input (interleaved, median of `reps` after warm-up, in
+    the input's memory format and the current thread setting). A layer leaves the decomposed
+    form only when another is faster by more than `margin` (a fraction), so measurement noise
+    leaves layers decomposed. The plan is specific to the input shape, hardware and backend it
+    was measured on (this is eager PyTorch; a compiler or ONNX Runtime fuses differently).
     """
+    unknown = set(forms) - set(DEPLOY_FORMS)
+    if unknown or "decomposed" not in forms:
+        raise ValueError(f"plan_recompose: forms must include 'decomposed' and be among {DEPLOY_FORMS}, "
+                         f"got {tuple(forms)}")
     inputs: dict[str, torch.Tensor] = {}
     layers = dict(structured_layers(module))
     handles = [layer.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0]))
@@ -153,16 +184,17 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
     finally:
         for h in handles:
             h.remove()
-    plan = []
+    plan: dict[str, str] = {}
     for name, x in inputs.items():
         layer = layers[name]
         fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
             and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        dec = decompose(layer, tol=math.inf).to(memory_format=fmt)
-        dense = decompose(layer, tol=math.inf, recompose=[""]).to(memory_format=fmt)
-        t_dec, t_dense = _median_seconds([lambda: dec(x), lambda: dense(x)], reps)
-        if t_dense * (1 + margin) < t_dec:
-            plan.append(name)
+        candidates = _forms_for(layer, forms)
+        mods = [decompose(layer, tol=math.inf, recompose={"": f}).to(memory_format=fmt) for f in candidates]
+        times = dict(zip(candidates, _median_seconds([lambda m=m: m(x) for m in mods], reps)))
+        best = min(times, key=times.get)
+        if best != "decomposed" and times[best] * (1 + margin) < times["decomposed"]:
+            plan[name] = best
     return plan
 
 
