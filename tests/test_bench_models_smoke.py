@@ -69,7 +69,9 @@ def test_sum_pool_fast_paths_are_exact(cw, groups, pad4, channels_last):
     pool = sumpool.SumPool(cw, 2, pad4, 1, groups)
     with mock.patch.object(sumpool, "_pair_sum", wraps=sumpool._pair_sum) as pair_sum:
         out = pool(x)
-    assert pair_sum.call_count == 2  # one add pass per spatial axis
+    symmetric = pad4[0] == pad4[1] and pad4[2] == pad4[3]
+    # one add pass per spatial axis, except channels_last symmetric (one avg_pool2d / depthwise call)
+    assert pair_sum.call_count == (0 if channels_last and symmetric else 2)
     assert out.shape == ref.shape and rel_err(out, ref) < 1e-13
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     x.requires_grad_(True)
@@ -78,6 +80,22 @@ def test_sum_pool_fast_paths_are_exact(cw, groups, pad4, channels_last):
     assert pair_sum.call_count == 0 and rel_err(trained, ref) < 1e-13  # autograd: pads and adds
     trained.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("channels", [16, 48, 64, 96])
+def test_channels_last_2x2_pool_paths_float32(channels):
+    """The channels_last 2 x 2 inference paths in float32 (depthwise ones-kernel conv below
+    AVGPOOL_MIN_CHANNELS, avg_pool2d from it on, avg_pool2d for small inputs) against the float64
+    loop; and the module fast path equals the functional one."""
+    for batch in (1, 8):
+        x = torch.randn(batch, channels, 33, 31, dtype=torch.float64)
+        ref = reference_sum_pool(x, 1, (2, 2), (1, 1, 1, 1), (1, 1), 1)
+        xc = x.float().to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out = sumpool.sum_pool2d(xc, 1, 2, 1)
+            assert torch.equal(sumpool.SumPool(1, 2, 1)(xc), out)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert out.shape == ref.shape and rel_err(out.double(), ref) < 1e-6
 
 
 def test_deploy_forms_are_exact_and_validated():

@@ -5,11 +5,12 @@ at a time, channels first (that shrinks the tensor). Each step is memory-bound, 
 form with the fewest full-tensor passes (measured on CPU; ``python -m src.bench`` reports the
 effect per layer and per model):
 
-- space, window 2 x 2 with padding <= 1 (every 3x3 -> 2x2 structured conv), at inference: one
-  add pass per axis written straight into the output, edge rows copied (no padded copy of the
-  input). Small inputs, where op overhead dominates: one ``avg_pool2d`` with
-  ``divisor_override=1`` if channels_last (its kernel is slower per element, and its NCHW kernel
-  several times slower still), the general path below if NCHW.
+- space, window 2 x 2 with padding <= 1 (every 3x3 -> 2x2 structured conv), at inference:
+  channels_last input: one ``avg_pool2d`` call with ``divisor_override=1`` for small inputs and
+  from 64 channels on, else one depthwise conv with a ones kernel (oneDNN); NCHW input: one add
+  pass per axis written straight into the output, edge rows copied (no padded copy of the
+  input), or the general path below for small inputs (the NCHW ``avg_pool2d`` kernel is several
+  times slower).
 - space, otherwise (autograd, ``torch.compile``, other windows or dilations): explicit zero
   padding, then :func:`window_sum` per axis: plain pads, slices and adds, which inductor fuses.
 - space, during ONNX export: AveragePool (padding counted) times the window size, the form ONNX
@@ -101,8 +102,18 @@ def _channel_window_sum(x: torch.Tensor, window: int, groups: int) -> torch.Tens
     else:
         prefix = torch.cumsum(t, axis)
         count = t.size(axis) - window + 1
-        out = torch.cat([prefix.narrow(axis, window - 1, 1),
-                         prefix.narrow(axis, window, count - 1) - prefix.narrow(axis, 0, count - 1)], axis)
+        if t.requires_grad and torch.is_grad_enabled():  # autograd: out= is not differentiable
+            out = torch.cat([prefix.narrow(axis, window - 1, 1),
+                             prefix.narrow(axis, window, count - 1) - prefix.narrow(axis, 0, count - 1)], axis)
+            out = out.flatten(axis - 1, axis)
+            return out.permute(0, 3, 1, 2) if channels_last else out
+        # inference: written into one output (no torch.cat pass: -17 ms of a 610 ms ResNet-50
+        # forward at batch 16)
+        out = torch.empty(prefix.narrow(axis, 0, count).shape, dtype=prefix.dtype, device=prefix.device)
+        out.narrow(axis, 0, 1).copy_(prefix.narrow(axis, window - 1, 1))
+        if count > 1:
+            torch.sub(prefix.narrow(axis, window, count - 1), prefix.narrow(axis, 0, count - 1),
+                      out=out.narrow(axis, 1, count - 1))
     out = out.flatten(axis - 1, axis)
     return out.permute(0, 3, 1, 2) if channels_last else out
 
@@ -129,6 +140,28 @@ def _pair_sum(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tenso
     return out
 
 
+# channels_last 2 x 2 inference pooling (measured on this project's CPU with
+# `python -m src.bench`-style interleaved timing, transparent huge pages on): avg_pool2d with
+# divisor_override=1 is fastest for small inputs and from 64 channels on (256 ch 14x14 x16:
+# 0.20 ms vs 0.62 ms for two add passes); below 64 channels its kernel is slower than a depthwise
+# conv with a ones kernel (16 ch 32x32 x128: avg_pool 1.29, add passes 1.00, depthwise 0.59 ms).
+AVGPOOL_MIN_CHANNELS = 64
+_ONES: dict[tuple, torch.Tensor] = {}
+
+
+def _pool2x2_channels_last(x: torch.Tensor, pad_hw: tuple[int, int]) -> torch.Tensor:
+    """Stride-1 2 x 2 window sum of a channels_last inference input, zero padding pad_hw (<= 1)."""
+    channels = x.size(1)
+    if channels >= AVGPOOL_MIN_CHANNELS or x.numel() < SMALL_INPUT or x.dtype != torch.float32:
+        return F.avg_pool2d(x, 2, 1, pad_hw, divisor_override=1)
+    key = (channels, x.dtype, x.device)
+    ones = _ONES.get(key)
+    if ones is None:
+        ones = _ONES[key] = torch.ones(channels, 1, 2, 2, dtype=x.dtype, device=x.device).contiguous(
+            memory_format=torch.channels_last)
+    return F.conv2d(x, ones, None, 1, pad_hw, 1, channels)
+
+
 def _spatial_sum(x: torch.Tensor, kernel: tuple[int, int], pads: tuple[int, int, int, int],
                  dilation: tuple[int, int]) -> torch.Tensor:
     """Stride-1 window sum over H and W after zero padding (left, right, top, bottom). The
@@ -143,11 +176,10 @@ def _spatial_sum(x: torch.Tensor, kernel: tuple[int, int], pads: tuple[int, int,
             return F.avg_pool2d(x, kernel, 1, (top, left), count_include_pad=True) * (kh * kw)
     elif kernel == (2, 2) and dilation == (1, 1) and max(pads) <= 1 \
             and not (x.requires_grad and torch.is_grad_enabled()):
-        if x.numel() >= SMALL_INPUT:
-            if x.size(2) > 1 and x.size(3) > 1:
-                return _pair_sum(_pair_sum(x, 2, top, bottom), 3, left, right)
-        elif left == right and top == bottom and _is_channels_last(x):
-            return F.avg_pool2d(x, 2, 1, (top, left), divisor_override=1)
+        if left == right and top == bottom and _is_channels_last(x):
+            return _pool2x2_channels_last(x, (top, left))
+        if x.numel() >= SMALL_INPUT and x.size(2) > 1 and x.size(3) > 1:
+            return _pair_sum(_pair_sum(x, 2, top, bottom), 3, left, right)
     if any(pads):
         x = F.pad(x, pads)
     return window_sum(window_sum(x, 2, kh, dilation[0]), 3, kw, dilation[1])
@@ -210,12 +242,12 @@ class SumPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Fast path first, with the cheapest checks (at batch 1 a decomposed ResNet-56 layer's
-        # Python overhead is a visible share of its time): the same avg_pool2d call that
-        # _spatial_sum makes for these inputs, without the generic dispatch.
-        if self._avg_pad is not None and not x.requires_grad and x.dim() == 4 and x.numel() < SMALL_INPUT \
+        # Python overhead is a visible share of its time): the same call that _spatial_sum makes
+        # for these inputs, without the generic dispatch.
+        if self._avg_pad is not None and not x.requires_grad and x.dim() == 4 \
                 and x.is_contiguous(memory_format=torch.channels_last) \
                 and not torch.compiler.is_compiling() and not torch._C._get_tracing_state():
-            return F.avg_pool2d(x, 2, 1, self._avg_pad, divisor_override=1)
+            return _pool2x2_channels_last(x, self._avg_pad)
         if x.dim() != 4:
             raise ValueError(f"SumPool expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}")
         # arguments normalised once in __init__ (sum_pool2d's per-call checks cost at batch 1)
