@@ -10,16 +10,21 @@ markdown (and written to --out when given); no numbers are asserted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+# transparent huge pages for PyTorch's CPU allocator, as in `python -m src.bench` (effective only
+# when this module runs before torch is first imported, i.e. as `python -m src.bench.core`)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from src.models.cifar_resnet import cifar_resnet
-from src.structured import StructuredConv2d, complexity, decompose, structural_loss, structurize
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
-from .timing import configure_allocator, machine_label, time_interleaved
+from src.models.cifar_resnet import cifar_resnet  # noqa: E402
+from src.structured import StructuredConv2d, complexity, decompose, structural_loss, structurize  # noqa: E402
+
+from .timing import configure_allocator, huge_pages_label, machine_label, time_interleaved  # noqa: E402
 
 
 def loss_overhead(batch: int, reps: int, lam: float = 1e-2) -> str:
@@ -101,7 +106,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
     ap.add_argument("--out", help="also write the report to this markdown file")
     args = ap.parse_args(argv)
-    allocator = configure_allocator(args.malloc)
+    allocator = f"{configure_allocator(args.malloc)}; {huge_pages_label()}"
     torch.set_num_threads(args.threads)
     reps = 3 if args.quick else args.reps
     report = "\n\n".join([
