@@ -443,7 +443,12 @@ def main(argv: Sequence[str] | None = None) -> str:
         parts.append(training_section(pairs, max(2, args.reps // 2)))
     if "profile" in args.sections:
         _log("profile")
-        pairs = [("resnet20", 2)] if args.quick else [(n, b) for n, b, _ in TARGETS if b > 1]
+        if args.quick:
+            pairs = [("resnet20", 2)]
+        elif args.models or args.batches:  # what was asked for, e.g. --models resnet56 --batches 1
+            pairs = [(n, b) for n in (args.models or list(SUITE)) for b in (args.batches or SUITE[n])]
+        else:
+            pairs = [(n, b) for n, b, _ in TARGETS if b > 1]
         parts.append(profile_section(pairs, 2 if args.quick else 5))
 
     load_after = os.getloadavg()
