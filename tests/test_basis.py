@@ -227,3 +227,18 @@ def test_structural_loss_zero_kernel_has_zero_loss_and_gradient():
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.isfinite(conv.weight.grad).all()
     assert conv.weight.grad.abs().max() == 0
+
+
+def test_structural_loss_is_full_precision_under_autocast():
+    """Mixed-precision training (bf16 autocast) must not lower the loss's precision: a bf16 matmul
+    would leave a ~1e-3 residual floor on a projected kernel."""
+    conv = StructuredConv2d(16, 8, 3, inner_channels=8, inner_kernel_size=2)
+    conv.project_()
+    ref = float(structural_loss(conv).detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = structural_loss(conv)
+        loss.backward()
+    assert loss.dtype == torch.float32 and abs(float(loss.detach()) - ref) < 1e-6
+    assert float(loss.detach()) < 1e-5 and conv.weight.grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert float(conv.structural_residual()) < 1e-5  # the logging path too

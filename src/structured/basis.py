@@ -10,6 +10,7 @@ all: its channel part is O(C) per filter (`null_project`). The per-axis matrices
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Sequence
 
@@ -290,14 +291,27 @@ def _physical_view(w: torch.Tensor, full: Sequence[int]) -> tuple[torch.Tensor, 
     return w, w.dim() - len(full)
 
 
+def _no_autocast(ref: torch.Tensor | None):
+    """A context that disables autocast on `ref`'s device (no-op where autocast does not apply)."""
+    device_type = ref.device.type if ref is not None else "cpu"
+    if device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def layer_residuals(weights: Sequence[torch.Tensor], inner_shapes: Sequence[Sequence[int]]) -> torch.Tensor:
     """(L,) relative residuals ||(I - A A^+) W|| / ||W|| of L kernels (each (O, C, N, N) or
-    (O, F)), differentiable with the fused backward of `_Residuals`."""
+    (O, F)), differentiable with the fused backward of `_Residuals`.
+
+    Computed in the weights' own dtype even inside an autocast region (bf16 / fp16 mixed-precision
+    training): a bf16 spatial matmul would put a ~1e-3 floor under the residual the regularizer is
+    meant to drive to ~1e-5."""
     specs = [(tuple(w.shape[-len(i):]), tuple(i)) for w, i in zip(weights, inner_shapes)]
-    if any(w.requires_grad for w in weights) and torch.is_grad_enabled():
-        return _Residuals.apply(specs, *weights)
-    with torch.no_grad():
-        return torch.stack([relative_residual(w, i) for w, i in zip(weights, inner_shapes)])
+    with _no_autocast(weights[0] if weights else None):
+        if any(w.requires_grad for w in weights) and torch.is_grad_enabled():
+            return _Residuals.apply(specs, *weights)
+        with torch.no_grad():
+            return torch.stack([relative_residual(w, i) for w, i in zip(weights, inner_shapes)])
 
 
 def relative_residual(weight: torch.Tensor, inner_shape: Sequence[int], batch_dims: int = 0) -> torch.Tensor:
@@ -314,7 +328,7 @@ def relative_residual(weight: torch.Tensor, inner_shape: Sequence[int], batch_di
         return out if batch_dims else out[0]
     dims = tuple(range(batch_dims, weight.dim()))
     full = tuple(weight.shape[-len(inner_shape):])
-    with torch.no_grad():
+    with torch.no_grad(), _no_autocast(weight):
         num = torch.linalg.vector_norm(_residual(weight, full, tuple(inner_shape)), dim=dims)
         den = torch.linalg.vector_norm(weight, dim=dims)
     return num / den.clamp_min(torch.finfo(weight.dtype).tiny)
