@@ -1,14 +1,13 @@
-"""Interleaved timing: candidates of one comparison run alternately in one process, so machine
-noise hits them alike; warm-up first, then the median of many repetitions."""
+"""Benchmark setup: allocator settings, machine labels, and the interleaved timer (defined in
+src/structured/timing.py, which plan_recompose also uses)."""
 
 from __future__ import annotations
 
 import platform
-import statistics
-import time
-from typing import Callable, Sequence
 
 import torch
+
+from src.structured.timing import time_interleaved  # noqa: F401  (re-exported for the benchmarks)
 
 
 def configure_allocator(mode: str) -> str:
@@ -51,21 +50,3 @@ def machine_label() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def time_interleaved(fns: Sequence[Callable[[], object]], reps: int = 20, warmup: int = 3,
-                     min_time: float = 0.0) -> list[float]:
-    """Median seconds per call of each fn, timed round-robin. Runs at least `reps` rounds and
-    keeps going until `min_time` seconds have been spent per fn."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    while True:
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            samples[i].append(time.perf_counter() - t0)
-        if len(samples[0]) >= reps and sum(samples[0]) >= min_time:
-            break
-    return [statistics.median(s) for s in samples]

@@ -5,7 +5,8 @@ A = B(C, c) (x) B(N, n) (x) B(N, n). Every operator here (compose, coefficients,
 is applied through this Kronecker structure: one small matmul for the two spatial axes (their
 N^2 x N^2 product) and one for the channel axis (C x C at most), so the (C N^2)^2 projector is
 never built. The projection (the structural loss's hot path) does not use the C x C matrix at
-all: its channel part is O(C) per filter (`null_project`). The per-axis matrices are computed once in float64 and cached per (device, dtype).
+all: its channel part is O(C) per filter (`null_project`). The per-axis matrices are computed
+once in float64 and cached per (device, dtype).
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def _operator(full: Sequence[int], inner: Sequence[int], which: int, ref: torch.
     return op
 
 
+def _periods(length: int, period: int) -> list[tuple[int, int]]:
+    """(start, size) of the consecutive period-long pieces of an axis of `length` (last one short)."""
+    return [(start, min(period, length - start)) for start in range(0, length, period)]
+
+
 def _fold_counts(length: int, inner: int, ref: torch.Tensor) -> torch.Tensor:
     """m_k = #{i in [0, length) : i mod L == k}, k < L = length - inner + 1 (cached)."""
     key = ("fold", length, inner, ref.device, ref.dtype)
@@ -105,21 +111,9 @@ def null_project(x: torch.Tensor, length: int, inner: int, dim: int) -> torch.Te
     1^T z = 0. No length x length matrix is formed: at C = 2048 channels this is what keeps the
     structural loss cheap (the dense C x C projector costs O(C^2) per output filter).
     """
-    period = length - inner + 1
-    if period == 1:  # inner == length: B is the identity, nothing is orthogonal to it
-        return torch.zeros_like(x)
     dim = dim % x.dim()
-    reps = -(-length // period)
-    pad = reps * period - length
-    xt = x.movedim(dim, -1)
-    if pad:
-        xt = torch.nn.functional.pad(xt, (0, pad))
-    u = xt.unflatten(-1, (reps, period)).sum(-2)  # (..., L)
-    inv_m = 1.0 / _fold_counts(length, inner, x)
-    mu = (u * inv_m).sum(-1, keepdim=True) / inv_m.sum()
-    z = (u - mu) * inv_m
-    v = z.repeat(*([1] * (z.dim() - 1)), reps)[..., :length]
-    return v.movedim(-1, dim)
+    z = _fold(x, length, inner, dim)
+    return torch.cat([z.narrow(dim, 0, n) for start, n in _periods(length, z.size(dim))], dim)
 
 
 def _apply(x: torch.Tensor, full: Sequence[int], inner: Sequence[int], which: int) -> torch.Tensor:
@@ -203,8 +197,7 @@ def _residual_view(w: torch.Tensor, full: tuple, inner: tuple, cdim: int, channe
     z = _fold(s, length, inner[0], dim)
     # R = W - P_C s = (W - s) + (I - P_C) s = (W - s) + E z
     r = torch.sub(w, s, out=s) if s is not w else torch.zeros_like(w)
-    for start in range(0, length, period):
-        n = min(period, length - start)
+    for start, n in _periods(length, period):
         r.narrow(dim, start, n).add_(z.narrow(dim, 0, n))
     return r
 
@@ -213,8 +206,7 @@ def _fold(x: torch.Tensor, length: int, inner: int, dim: int) -> torch.Tensor:
     """z with E z = (I - B B^+) x along `dim` (the period-L coordinates of `null_project`)."""
     period = length - inner + 1
     u = x.narrow(dim, 0, period).clone()
-    for start in range(period, length, period):
-        n = min(period, length - start)
+    for start, n in _periods(length, period)[1:]:
         u.narrow(dim, 0, n).add_(x.narrow(dim, start, n))
     inv_m = (1.0 / _fold_counts(length, inner, x)).view(period, *([1] * (x.dim() - 1 - dim)))
     mu = (u * inv_m).sum(dim, keepdim=True) / inv_m.sum()
@@ -275,9 +267,7 @@ class _Residuals(torch.autograd.Function):
             else:  # r is the fold z: out = coef_r * E z
                 out = torch.empty_like(w)
                 view, dim = _physical_view(out, full)
-                period = r.shape[dim]
-                for start in range(0, full[0], period):
-                    n = min(period, full[0] - start)
+                for start, n in _periods(full[0], r.shape[dim]):
                     torch.mul(r.narrow(dim, 0, n), coef_r, out=view.narrow(dim, start, n))
             out.addcmul_(w, coef_w, value=-1)
             grads.append(out)

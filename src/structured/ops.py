@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -14,6 +12,7 @@ from torch import nn
 
 from .basis import layer_residuals
 from .layers import DecomposedConv2d, DecomposedLinear, StructuredConv2d, StructuredLayer
+from .timing import time_interleaved
 
 __all__ = [
     "structured_layers",
@@ -191,25 +190,11 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
             and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         candidates = _forms_for(layer, forms)
         mods = [decompose(layer, tol=math.inf, recompose={"": f}).to(memory_format=fmt) for f in candidates]
-        times = dict(zip(candidates, _median_seconds([lambda m=m: m(x) for m in mods], reps)))
+        times = dict(zip(candidates, time_interleaved([lambda m=m: m(x) for m in mods], reps=reps, warmup=2)))
         best = min(times, key=times.get)
         if best != "decomposed" and times[best] * (1 + margin) < times["decomposed"]:
             plan[name] = best
     return plan
-
-
-def _median_seconds(fns, reps: int, warmup: int = 2) -> list[float]:
-    """Median wall-clock seconds per call of each fn, called round-robin."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, s in zip(fns, samples):
-            t0 = time.perf_counter()
-            fn()
-            s.append(time.perf_counter() - t0)
-    return [statistics.median(s) for s in samples]
 
 
 def is_decomposed_layer(m: nn.Module) -> bool:
