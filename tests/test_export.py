@@ -1,5 +1,8 @@
 """src.export: ONNX export of the decomposed model, and the checkpoint forms it accepts."""
 
+import json
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,7 +10,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from src.export import deploy_model, main, read_checkpoint
+from src.deploy import default_preprocessing, save_deploy
+from src.export import _parser, deploy_model, main, read_checkpoint
 from src.models import create_model
 from src.structured import decompose, project
 
@@ -30,8 +34,12 @@ def test_cli_export_runs_in_onnxruntime_with_the_small_kernels(tmp_path):
     ckpt = tmp_path / "model.pt"
     torch.save(model.state_dict(), ckpt)
     out = main(["--model", NAME, "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "model.pt"]  # no m.onnx.data
 
     graph = onnx.load(str(out))
+    props = {p.key: p.value for p in graph.metadata_props}  # a bare state_dict: the model's defaults
+    assert props["model"] == NAME and props["weights"] == "model.pt" and "defaults" in props["preprocessing"]
+    assert json.loads(props["mean"]) == default_preprocessing(NAME)["mean"]
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
     conv_weights = {n.input[1] for n in graph.graph.node if n.op_type == "Conv"}
     shapes = [tuple(numpy_helper.to_array(i).shape) for i in graph.graph.initializer if i.name in conv_weights]
@@ -50,7 +58,52 @@ def test_cli_export_runs_in_onnxruntime_with_the_small_kernels(tmp_path):
         assert rel_err(torch.from_numpy(np.asarray(y)), expected) <= 1e-4
 
 
-@pytest.mark.parametrize("form", ["state_dict", "lightning", "deploy"])
+def test_deploy_file_exports_one_movable_file_with_its_preprocessing(tmp_path, monkeypatch, capsys):
+    """The default --out (exports/, git-ignored) gets one self-contained file that still runs in
+    ONNX Runtime after being moved alone; it carries the deploy file's metadata."""
+    reference = decompose(project(trained_like()))
+    names = [f"class{i}" for i in range(10)]
+    ckpt = save_deploy(tmp_path / "run" / "deploy.pt", reference, model_name=NAME, route="regularized",
+                       num_classes=10, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], input_size=[3, 32, 32],
+                       class_names=names)
+    monkeypatch.chdir(tmp_path)
+    out = main(["--ckpt", str(ckpt)])
+    printed = capsys.readouterr().out
+    assert out.resolve() == (tmp_path / "exports" / f"{NAME}.onnx").resolve()
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == [f"{NAME}.onnx"]
+    assert str(out) in printed
+
+    moved = tmp_path / "elsewhere" / "model.onnx"
+    moved.parent.mkdir()
+    shutil.move(str(out), moved)
+    shutil.rmtree(tmp_path / "exports")
+    props = {p.key: p.value for p in onnx.load(str(moved)).metadata_props}
+    assert props["model"] == NAME and props["route"] == "regularized" and props["num_classes"] == "10"
+    assert json.loads(props["input_size"]) == [3, 32, 32] and json.loads(props["class_names"]) == names
+    assert json.loads(props["mean"]) == [0.5, 0.4, 0.3] and json.loads(props["std"]) == [0.2, 0.25, 0.3]
+    assert props["preprocessing"] == "recorded in deploy.pt" and props["task"] == "classification"
+    session = ort.InferenceSession(str(moved), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 32, 32)
+    (y,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(np.asarray(y)), reference(x)) <= 1e-4
+    with pytest.raises(SystemExit):
+        main(["--ckpt", str(ckpt), "--num-classes", "100", "--out", str(tmp_path / "x.onnx")])
+    assert "has num_classes=10, not 100" in capsys.readouterr().err
+
+
+def test_help_describes_every_option(capsys):
+    for action in _parser()._actions:
+        assert action.help, action.option_strings
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--ckpt", "--format", "--out", "--opset", "--batch", "--num-classes", "metadata_props"):
+        assert option in text
+
+
+@pytest.mark.parametrize("form", ["state_dict", "lightning", "deploy", "artifact"])
 def test_checkpoint_forms_give_the_same_deployed_model(tmp_path, form):
     model = trained_like()
     reference = decompose(project(model))
@@ -58,11 +111,15 @@ def test_checkpoint_forms_give_the_same_deployed_model(tmp_path, form):
         payload = model.state_dict()
     elif form == "lightning":
         payload = {"epoch": 3, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
-    else:  # what src.train writes next to its checkpoints
+    elif form == "deploy":  # what src.train wrote next to its checkpoints at first
         payload = {"model": NAME, "num_classes": 10, "state_dict": reference.state_dict()}
     path = tmp_path / "ckpt.pt"
-    torch.save(payload, path)
-    deployed = deploy_model(NAME if form != "deploy" else None, path)
+    if form == "artifact":  # src.deploy.save_deploy
+        save_deploy(path, reference, model_name=NAME, route="regularized", num_classes=10,
+                    **{k: default_preprocessing(NAME)[k] for k in ("mean", "std", "input_size")})
+    else:
+        torch.save(payload, path)
+    deployed = deploy_model(NAME if form not in ("deploy", "artifact") else None, path)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert rel_err(deployed(x), reference(x)) <= 1e-6
