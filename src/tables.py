@@ -24,8 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from src.models import get_entry  # noqa: E402
+from src.provenance import check_results_dir  # noqa: E402
 
-# The paper's headline claims, as METHOD.md states them (its table values are not available).
+# The paper's headline claims, as docs/method.md quotes them (its table values are not available).
 PAPER_CLAIMS = (
     "Paper (Bhalgat et al., NeurIPS 2020), headline claims only: projection + decomposition after "
     "structural regularization loses a negligible amount of accuracy; ResNets become up to 2x smaller "
@@ -44,8 +45,8 @@ def load_runs(runs_dir: Path) -> list[dict]:
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch series from metrics.csv (the last logged value of each epoch wins, so a resumed
-    epoch replaces the partial one of the killed process)."""
+    """Per-epoch series from metrics.csv (one row per epoch; should a file hold an epoch twice,
+    the last row wins)."""
     path = run_dir / "metrics.csv"
     series: dict[str, dict[int, float]] = defaultdict(dict)
     if not path.exists():
@@ -82,14 +83,53 @@ def _si(v: float) -> str:
     return f"{v:.0f}"
 
 
+LEGACY_KEYS = ("dataset", "model", "route", "tag", "profile", "lambda", "lambda_ramp_epochs", "max_epochs",
+               "train_subset", "test_subset", "bn_recalib")
+
+
+def config_key(s: dict) -> str:
+    """The configuration a run belongs to: its `config_hash` (every result-changing setting but
+    the seed; src/runs.py), or, for summaries written before it existed, the settings they record."""
+    if s.get("config_hash"):
+        return s["config_hash"]
+    return "legacy:" + "|".join(f"{k}={s.get(k)}" for k in LEGACY_KEYS)
+
+
 def group_runs(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs grouped by (dataset, model, route, tag, profile, configuration): a group's runs differ in
+    the seed only. Two runs of one configuration with the same seed are an error."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for s in runs:
-        key = (s.get("dataset", "?"), s["model"], s.get("route", "regularized"), s.get("tag", ""), s.get("profile", ""))
+        key = (s.get("dataset", "?"), s["model"], s.get("route", "regularized"), s.get("tag", ""),
+               s.get("profile", ""), config_key(s))
         groups[key].append(s)
     for g in groups.values():
         g.sort(key=lambda s: s["seed"])
+        seen: dict[int, Path] = {}
+        for s in g:
+            if s["seed"] in seen:
+                raise ValueError(f"two runs of one configuration with seed {s['seed']}: {seen[s['seed']]} and "
+                                 f"{s['_dir']}; remove one (a table row averages distinct seeds)")
+            seen[s["seed"]] = s["_dir"]
     return dict(sorted(groups.items()))
+
+
+def _recipe(s: dict) -> tuple:
+    """What a structured run and its dense baseline must share to be compared."""
+    return (s.get("profile", ""), s.get("tag", ""), s.get("max_epochs"), s.get("train_subset"), s.get("test_subset"))
+
+
+def _label(key: tuple, g: list[dict], items: list[tuple]) -> str:
+    """The row's name: the model (with tag), plus the configuration's short hash when the table
+    has several configurations of that model and route."""
+    _, model, route, tag, _, cfg = key
+    same = [k for k, _ in items if k[1:4] == key[1:4]]
+    return f"{model}{tag}" + (f" [{cfg.removeprefix('legacy:')[:6]}]" if len(same) > 1 else "")
+
+
+def _overrides_text(s: dict) -> str:
+    ov = [o for o in s.get("overrides", []) if not o.startswith(("seed=", "hydra.", "data.root="))]
+    return " ".join(f"`{o}`" for o in ov) or "(experiment defaults)"
 
 
 def _family_order(model: str) -> tuple:
@@ -102,15 +142,16 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
     metric = "miou" if dataset == "cityscapes" else "acc"
     label = "mIoU" if metric == "miou" else "top-1"
     items = sorted(((k, v) for k, v in groups.items() if k[0] == dataset),
-                   key=lambda kv: (_family_order(kv[0][1]), kv[0][2], kv[0][3]))
+                   key=lambda kv: (_family_order(kv[0][1]), kv[0][2], kv[0][3], kv[1][0].get("max_epochs") or 0,
+                                   str(kv[1][0].get("lambda")), kv[0][5]))
     runs = [s for _, g in items for s in g]
     profiles = sorted({s.get("profile", "") or "custom" for s in runs})
     devices = sorted({f"{s.get('device', '?')} x{s.get('world_size', 1)}, {s.get('threads', '?')} threads, torch {s.get('torch', '?')}" for s in runs})
     shas = sorted({s.get("git_sha", "?") for s in runs})
-    baseline = {}
-    for (_, model, route, tag, profile), g in items:
+    baseline: dict[tuple, list[float]] = defaultdict(list)
+    for (_, model, route, *_), g in items:
         if not get_entry(model).variant and route == "regularized":
-            baseline[(model, tag, profile)] = _mean([s[f"test_{metric}_decomposed"] for s in g])
+            baseline[(model, _recipe(g[0]))] += [s[f"test_{metric}_decomposed"] for s in g]
     lines = [
         f"# {dataset}: structured vs dense (generated)",
         "",
@@ -125,11 +166,21 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
         "d(dec): decomposed minus trained; vs dense: decomposed minus the dense baseline's mean.",
         "",
         "| model | route | seeds | epochs | lambda | trained | projected | decomposed | d(proj) | d(dec) | vs dense "
-        "| exact-subset (dec) | params | mults | adds | final residual |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| exact-subset (dec) | params | mults | adds | final residual | code |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for (_, model, route, tag, profile), g in items:
+    configs, mixed = [], []
+    for key, g in items:
+        _, model, route, tag, profile, cfg = key
         first = g[0]
+        label = _label(key, g, items)
+        commits = sorted({str(s.get("git_sha", "?"))[:7] + ("-dirty" if str(s.get("git_sha", "")).endswith("-dirty") else "")
+                          for s in g})
+        code = ", ".join(commits) + (" **(mixed commits)**" if len(commits) > 1 else "")
+        if len(commits) > 1:
+            mixed.append(label)
+        configs.append(f"- {label} ({route}): config `{cfg.removeprefix('legacy:')[:10]}`, "
+                       f"seeds {', '.join(str(s['seed']) for s in g)}; overrides {_overrides_text(first)}")
         for s in g[1:]:
             if (s["params_decomposed"], s["mults_decomposed"]) != (first["params_decomposed"], first["mults_decomposed"]):
                 raise ValueError(f"runs of {model} disagree on the architecture: {first['_dir']} vs {s['_dir']}")
@@ -137,22 +188,25 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
         d_proj = [s[f"{key}_projected_raw"] - s[f"{key}_dense"] for s in g if s.get(f"{key}_projected_raw") is not None]
         d_dec = [s[f"{key}_decomposed"] - s[f"{key}_dense"] for s in g]
         dense_name = get_entry(model).dense_name or model
-        base = baseline.get((dense_name, tag, profile))
+        base = _mean(baseline.get((dense_name, _recipe(first)), []))
         vs_dense = "-" if base is None else f"{_mean([s[f'{key}_decomposed'] for s in g]) - base:+.2f}"
         exact = [s.get(f"{key}_decomposed_exact_subset") for s in g]
         lam = "-" if route == "direct" or not get_entry(model).variant else f"{first['lambda']:g}"
         residual = _mean([s.get("structural_residual_final") for s in g])
         lines.append(
-            f"| {model}{tag} | {route} | {len(g)} | {first['epochs']} | {lam} | {_mean_std([s[f'{key}_dense'] for s in g])} "
+            f"| {label} | {route} | {len(g)} | {first['epochs']} | {lam} | {_mean_std([s[f'{key}_dense'] for s in g])} "
             f"| {_mean_std([s[f'{key}_projected'] for s in g])} | {_mean_std([s[f'{key}_decomposed'] for s in g])} "
             f"| {_mean_std(d_proj) if d_proj else '-'} | {_mean_std(d_dec)} | {vs_dense} | {_mean_std(exact)} "
             f"| {first['params_decomposed']:,} ({first['params_decomposed'] / first['params_dense']:.2f}x) "
             f"| {_si(first['mults_decomposed'])} ({first['mults_decomposed'] / first['mults_dense']:.2f}x) "
             f"| {_si(first['adds_decomposed'])} ({first['adds_decomposed'] / first['adds_dense']:.2f}x) "
-            f"| {residual:.2e} |"
+            f"| {residual:.2e} | {code} |"
         )
     timing = [f"{s['model']} seed {s['seed']}: {s['wall_time_s'] / 60:.1f} min, {s['train_images_per_s']} img/s"
               for _, g in items for s in g if s.get("train_images_per_s")]
+    lines += ["", "Configurations (a row's runs differ in the seed only):", "", *configs]
+    if mixed:
+        lines += ["", f"**Warning**: rows from more than one code commit: {', '.join(mixed)}."]
     lines += ["", PAPER_CLAIMS, "", "Plots: " + f"`{dataset}_acc_vs_macs.png`, `{dataset}_training.png`.", "",
               "Run times (this process's wall time; training throughput): " + "; ".join(timing) + "."]
     return "\n".join(lines) + "\n"
@@ -167,13 +221,15 @@ def _savefig(fig, path: Path) -> None:
 def plot_acc_vs_macs(dataset: str, groups: dict[tuple, list[dict]], out: Path) -> None:
     metric = "miou" if dataset == "cityscapes" else "acc"
     families: dict[str, list[tuple[float, float, float, str]]] = defaultdict(list)
-    for (ds, model, route, tag, _), g in groups.items():
-        if ds != dataset or route != "regularized":
+    items = [(k, g) for k, g in groups.items() if k[0] == dataset]
+    for key, g in items:
+        ds, model, route, tag, _, cfg = key
+        if route != "regularized":
             continue
         vals = [s[f"test_{metric}_decomposed"] for s in g]
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         entry = get_entry(model)
-        families[(entry.dense_name or model) + tag].append(
+        families[(entry.dense_name or model) + tag + (f" [{_recipe(g[0])[2]} ep]" if len({_recipe(h[0]) for _, h in items}) > 1 else "")].append(
             (g[0]["mults_decomposed"] / 1e6, statistics.mean(vals), std, (entry.variant or "dense").upper()))
     fig, ax = plt.subplots(figsize=(6, 4))
     for fam, pts in sorted(families.items()):
@@ -194,9 +250,10 @@ def plot_training(dataset: str, groups: dict[tuple, list[dict]], out: Path) -> N
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     selected = [(k, g) for k, g in groups.items() if k[0] == dataset]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, ((_, model, route, tag, _), g) in enumerate(selected):
+    for i, (key, g) in enumerate(selected):
+        route = key[2]
         curves = read_curves(g[0]["_dir"])
-        label = f"{model}{tag}{' (direct)' if route == 'direct' else ''} seed {g[0]['seed']}"
+        label = f"{_label(key, g, selected)}{' (direct)' if route == 'direct' else ''} seed {g[0]['seed']}"
         style = dict(marker=".", label=label, color=colours[i % len(colours)])  # same colour in both panels
         if metric in curves:
             ax2.plot([e + 1 for e, _ in curves[metric]], [100 * v for _, v in curves[metric]], **style)
@@ -215,7 +272,11 @@ def plot_training(dataset: str, groups: dict[tuple, list[dict]], out: Path) -> N
     _savefig(fig, out)
 
 
-def write_tables(runs_dir: Path, out_dir: Path) -> list[Path]:
+def write_tables(runs_dir: Path, out_dir: Path, allow_dirty: bool = True) -> list[Path]:
+    """Write the tables and plots of every dataset under `runs_dir` into `out_dir`. Into the
+    repository's results/ only from a clean tree unless `allow_dirty` (the command line's default
+    is to refuse)."""
+    check_results_dir(out_dir, allow_dirty)
     runs = load_runs(runs_dir)
     if not runs:
         raise FileNotFoundError(f"no summary.json under {runs_dir}: run `python -m src.train` or `make reproduce-cifar` first")
@@ -232,13 +293,28 @@ def write_tables(runs_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=Path("runs"))
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap = argparse.ArgumentParser(
+        prog="python -m src.tables", description=__doc__.split("\n\n")[0].replace("``", "`"),
+        epilog="Rows group runs by configuration (src/runs.py: every result-changing setting but the seed); a "
+               "row's seeds differ in the seed only, and rows whose runs come from different commits are "
+               "flagged. Example: python -m src.tables --runs results/quick/runs --out results/quick")
+    ap.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR",
+                    help="folder searched recursively for summary.json files (with metrics.csv beside each); "
+                         "default: runs")
+    ap.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+                    help="where <dataset>.md and its plots are written; default: results")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="write into the repository's results/ even when the code has uncommitted changes "
+                         "(refused by default: results/ holds what a commit regenerates)")
+    ap.add_argument("--quiet", action="store_true", help="print only the paths written, not the tables")
     args = ap.parse_args(argv)
-    for path in write_tables(args.runs, args.out):
+    try:
+        written = write_tables(args.runs, args.out, allow_dirty=args.allow_dirty)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
+    for path in written:
         print(f"wrote {path}")
-        if path.suffix == ".md":
+        if path.suffix == ".md" and not args.quiet:
             print(path.read_text())
 
 

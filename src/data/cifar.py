@@ -13,6 +13,8 @@ Under DDP each rank takes a disjoint, equally long share of every epoch's permut
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +24,25 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-__all__ = ["CifarArrays", "load_cifar10", "CifarLoader", "CIFAR10DataModule", "CIFAR10_MEAN", "CIFAR10_STD"]
+from .errors import CorruptFileError, DataRootError
+
+__all__ = ["CifarArrays", "load_cifar10", "read_cifar_batches", "download_cifar10", "CIFAR10_URL", "CIFAR10_MD5", "CifarLoader", "CIFAR10DataModule", "CIFAR10_MEAN", "CIFAR10_STD"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
-_HOW_TO_GET = (
-    "either a folder with cifar10_train.npz / cifar10_test.npz (uint8 NHWC 'x', int 'y', optional "
-    "bool 'lossless'), or torchvision's CIFAR-10 (cifar-10-batches-py/; set data.download=true to "
-    "fetch it when online)"
+# torchvision's source of CIFAR-10 (the "python version" archive) and its published MD5.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+DOWNLOAD_MODES = ("auto", "true", "false")
+
+_LAYOUTS = (
+    "either cifar10_train.npz + cifar10_test.npz (uint8 NHWC 'x', int 'y', optional bool "
+    "'lossless'), or torchvision's cifar-10-batches-py/ folder"
 )
 
 
@@ -49,45 +61,118 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"CIFAR-10 file {path} is corrupt or unreadable ({e}); re-create or re-download it") from None
+        raise CorruptFileError(f"CIFAR-10 file {path} is corrupt or unreadable ({e}); re-create or "
+                               f"re-download it") from None
 
 
 def _check(x: np.ndarray, y: np.ndarray, path: str) -> None:
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-        raise ValueError(f"{path}: expected 'x' as uint8 (N, 32, 32, 3), got {x.dtype} {x.shape}")
+        raise CorruptFileError(f"{path}: expected 'x' as uint8 (N, 32, 32, 3), got {x.dtype} {x.shape}")
     if y.shape != (x.shape[0],):
-        raise ValueError(f"{path}: 'y' has shape {y.shape}, expected ({x.shape[0]},)")
-    if y.min() < 0 or y.max() > 9:
-        raise ValueError(f"{path}: labels outside 0..9")
+        raise CorruptFileError(f"{path}: 'y' has shape {y.shape}, expected ({x.shape[0]},)")
+    if len(y) and (y.min() < 0 or y.max() > 9):
+        raise CorruptFileError(f"{path}: labels outside 0..9")
 
 
-def load_cifar10(root: str | Path, download: bool = False) -> CifarArrays:
-    """Load CIFAR-10 from `root` (see _HOW_TO_GET); raises naming the path on any problem."""
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch of torchvision's layout: 'data' (N, 3072) uint8 in channel-major
+    order, 'labels' (N,). Returns (N, 32, 32, 3) uint8 and int64 labels."""
+    if not path.is_file():
+        raise DataRootError(f"CIFAR-10 folder {path.parent} is incomplete: {path.name} is missing")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=np.int64)
+        x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    except Exception as e:  # pickle reports damage as many exception types
+        raise CorruptFileError(f"CIFAR-10 batch {path} is corrupt or unreadable ({type(e).__name__}: {e}); "
+                               f"delete {path.parent} and download again") from None
+    _check(x, labels, str(path))
+    return np.ascontiguousarray(x), labels
+
+
+def read_cifar_batches(folder: str | Path) -> CifarArrays:
+    """CIFAR-10 from torchvision's on-disk layout (data_batch_1..5, test_batch)."""
+    folder = Path(folder)
+    train = [_read_batch(folder / name) for name in TRAIN_BATCHES]
+    test_x, test_y = _read_batch(folder / TEST_BATCH)
+    return CifarArrays(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                       test_x, test_y, None, f"torchvision:{folder.parent}")
+
+
+def _download_mode(download) -> str:
+    mode = str(download).lower()
+    if mode not in DOWNLOAD_MODES:
+        raise ValueError(f"data.download={download!r}: expected auto, true or false")
+    return mode
+
+
+def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5) -> Path:
+    """Fetch torchvision's CIFAR-10 archive from `url` into `root`, verify its MD5 and extract it
+    (root/cifar-10-batches-py/). Raises DataRootError with what to do when it fails."""
+    from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+
+    root = Path(root).expanduser().resolve()
+    archive = root / ARCHIVE_NAME
+    created = not root.exists()
+    print(f"CIFAR-10 not found at {root}: downloading {url} -> {archive}", flush=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not check_integrity(str(archive), md5):
+            download_url(url, str(root), ARCHIVE_NAME, md5=None)
+        if not check_integrity(str(archive), md5):
+            got = hashlib.md5(archive.read_bytes()).hexdigest() if archive.exists() else "no file"
+            archive.unlink(missing_ok=True)
+            raise RuntimeError(f"MD5 mismatch: expected {md5}, got {got}")
+        extract_archive(str(archive), str(root))
+    except Exception as e:  # urllib, socket, tarfile and torchvision report failures many ways
+        reason = str(e).strip() or type(e).__name__
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise DataRootError(_not_found(root, f"downloading it failed ({reason})")) from None
+    print(f"CIFAR-10 ready in {root / BATCHES_DIR}", flush=True)
+    return root / BATCHES_DIR
+
+
+def _not_found(root: Path, what_happened: str) -> str:
+    return (f"no CIFAR-10 at {root}, and {what_happened}.\n"
+            f"  Looked for: {_LAYOUTS}, in {root}\n"
+            f"  (that folder comes from the CIFAR_ROOT environment variable, else data/cifar10; data.root=... overrides both).\n"
+            f"  To fix: point CIFAR_ROOT=/path/to/cifar10 (or data.root=/path/to/cifar10) at a folder holding one of those\n"
+            f"  layouts; or fetch {CIFAR10_URL} on a machine with internet and extract it into {root};\n"
+            f"  or run again where that address can be reached (data.download=auto, the default, fetches it).")
+
+
+def load_cifar10(root: str | Path, download: bool | str = "auto", url: str = CIFAR10_URL,
+                 md5: str | None = CIFAR10_MD5) -> CifarArrays:
+    """Load CIFAR-10 from `root`: the offline npz pair or torchvision's layout.
+
+    download: "auto" fetches torchvision's archive into `root` when neither layout is there,
+    "true" likewise (kept for torchvision's spelling), "false" never fetches. `url` / `md5` choose
+    the archive (defaults: torchvision's source). Every failure raises an error naming the path.
+    """
+    mode = _download_mode(download)
     root = Path(root).expanduser()
     train_npz, test_npz = root / "cifar10_train.npz", root / "cifar10_test.npz"
     if train_npz.exists() or test_npz.exists():
         for p in (train_npz, test_npz):
             if not p.exists():
-                raise FileNotFoundError(f"CIFAR-10 folder {root} is incomplete: {p.name} is missing ({_HOW_TO_GET})")
+                raise DataRootError(f"CIFAR-10 folder {root} is incomplete: {p.name} is missing ({_LAYOUTS})")
         tr, te = _load_npz(train_npz), _load_npz(test_npz)
         for d, p in ((tr, train_npz), (te, test_npz)):
             if "x" not in d or "y" not in d:
-                raise ValueError(f"{p}: expected arrays 'x' and 'y', found {sorted(d)}")
+                raise CorruptFileError(f"{p}: expected arrays 'x' and 'y', found {sorted(d)}")
             _check(d["x"], d["y"], str(p))
         exact = te.get("lossless")
         return CifarArrays(tr["x"], tr["y"].astype(np.int64), te["x"], te["y"].astype(np.int64),
                            None if exact is None else exact.astype(bool), f"npz:{root}")
-    if not (root / "cifar-10-batches-py").is_dir() and not download:
-        raise FileNotFoundError(f"no CIFAR-10 found at {root}: expected {_HOW_TO_GET}")
-    import torchvision
-
-    try:
-        tr = torchvision.datasets.CIFAR10(str(root), train=True, download=download)
-        te = torchvision.datasets.CIFAR10(str(root), train=False, download=download)
-    except RuntimeError as e:  # torchvision's integrity check
-        raise ValueError(f"CIFAR-10 at {root} is incomplete or corrupt: {e} ({_HOW_TO_GET})") from None
-    return CifarArrays(tr.data, np.asarray(tr.targets, np.int64), te.data, np.asarray(te.targets, np.int64),
-                       None, f"torchvision:{root}")
+    batches = root / BATCHES_DIR
+    if not batches.is_dir():
+        if mode == "false":
+            raise DataRootError(_not_found(root.resolve(), "data.download=false does not fetch it"))
+        batches = download_cifar10(root, url, md5)
+    return read_cifar_batches(batches)
 
 
 class CifarLoader:
@@ -165,11 +250,12 @@ class CIFAR10DataModule(pl.LightningDataModule):
     num_classes = 10
     input_size = (3, 32, 32)
 
-    def __init__(self, root: str, batch_size: int = 128, eval_batch_size: int = 512, download: bool = False,
+    def __init__(self, root: str, batch_size: int = 128, eval_batch_size: int = 512, download: bool | str = "auto",
                  train_subset: int | None = None, test_subset: int | None = None, seed: int = 0,
-                 device: str = "auto", channels_last: bool = False):
+                 device: str = "auto", channels_last: bool = False, url: str = CIFAR10_URL,
+                 md5: str | None = CIFAR10_MD5):
         super().__init__()
-        self.root, self.download = root, download
+        self.root, self.download, self.url, self.md5 = root, download, url, md5
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_subset, self.test_subset, self.seed = train_subset, test_subset, seed
         self.device_pref, self.channels_last = device, channels_last
@@ -177,7 +263,12 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.arrays is None:
-            a = load_cifar10(self.root, self.download)
+            a = load_cifar10(self.root, self.download, self.url, self.md5)
+            for key, n, size in (("train_subset", self.train_subset, len(a.train_x)),
+                                 ("test_subset", self.test_subset, len(a.test_x))):
+                if n is not None and not 1 <= n <= size:
+                    raise ValueError(f"data.{key}={n}: must be between 1 and {size} (the size of that split at "
+                                     f"{self.root}), or null for all of it")
             if self.train_subset:
                 a.train_x, a.train_y = a.train_x[: self.train_subset], a.train_y[: self.train_subset]
             if self.test_subset:

@@ -1,4 +1,4 @@
-"""Tiny ImageNet and Cityscapes trees in the real on-disk layouts (real JPEG / PNG files), for
+"""Tiny CIFAR-10 (npz, torchvision layout and archive), ImageNet and Cityscapes trees in the real on-disk layouts (real JPEG / PNG files), for
 tests and end-to-end smoke runs. Pixels carry a class-dependent colour, so a short run can learn."""
 
 import colorsys
@@ -91,3 +91,85 @@ def make_cityscapes_fixture(root, cities: tuple[str, ...] = ("aachen",), train_p
                 pixels = _noisy(_PALETTE[label_ids], rng)
                 Image.fromarray(pixels).save(images / f"{stem}_leftImg8bit.png")
     return root
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def cifar10_fixture_arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n CIFAR-shaped images (uint8 NHWC) and labels: class k is a hue-k/10 square on a noisy
+    background, at a random place, so a few epochs of a small network learn it."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n, dtype=np.int64) % 10
+    rng.shuffle(y)
+    x = rng.integers(0, 96, (n, 32, 32, 3)).astype(np.uint8)
+    for i, k in enumerate(y):
+        rgb = (np.array(colorsys.hsv_to_rgb(k / 10, 0.9, 1.0)) * 255).astype(np.uint8)
+        r, c = rng.integers(0, 12, 2)
+        x[i, r:r + 20, c:c + 20] = _noisy(np.broadcast_to(rgb, (20, 20, 3)), rng)
+    return x, y
+
+
+def make_cifar10_fixture(root, layout: str = "npz", n_train: int = 1000, n_test: int = 200,
+                         seed: int = 0) -> Path:
+    """A tiny CIFAR-10 in one of the two layouts `load_cifar10` reads: "npz" (cifar10_train.npz /
+    cifar10_test.npz, the test file with a 'lossless' mask marking its first tenth as exact) or
+    "torchvision" (cifar-10-batches-py/ with pickled data_batch_1..5 / test_batch / batches.meta).
+    n_train must be a multiple of 5 for the torchvision layout (five training batches)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = cifar10_fixture_arrays(n_train, seed)
+    test_x, test_y = cifar10_fixture_arrays(n_test, seed + 1)
+    if layout == "npz":
+        lossless = np.arange(n_test) < max(1, n_test // 10)
+        np.savez(root / "cifar10_train.npz", x=train_x, y=train_y)
+        np.savez(root / "cifar10_test.npz", x=test_x, y=test_y, lossless=lossless)
+    elif layout == "torchvision":
+        _write_cifar_batches(root / "cifar-10-batches-py", train_x, train_y, test_x, test_y)
+    else:
+        raise ValueError(f"layout={layout!r}: expected 'npz' or 'torchvision'")
+    return root
+
+
+def _write_cifar_batches(folder: Path, train_x, train_y, test_x, test_y) -> None:
+    """torchvision's (and the original distribution's) format: each batch a pickled dict with
+    'batch_label', 'labels', 'data' (N x 3072 uint8: the red, green, then blue 32x32 planes,
+    row-major) and 'filenames'; batches.meta holds 'label_names'."""
+    import pickle
+
+    if len(train_x) % 5:
+        raise ValueError(f"n_train={len(train_x)}: the torchvision layout needs a multiple of 5")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(name, x, y, label):
+        entry = {"batch_label": label, "labels": [int(v) for v in y],
+                 "data": np.ascontiguousarray(x.transpose(0, 3, 1, 2).reshape(len(x), -1)),
+                 "filenames": [f"fixture_{label.replace(' ', '_')}_{i}.png" for i in range(len(x))]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+
+    per = len(train_x) // 5
+    for b in range(5):
+        dump(f"data_batch_{b + 1}", train_x[b * per:(b + 1) * per], train_y[b * per:(b + 1) * per],
+             f"training batch {b + 1} of 5")
+    dump("test_batch", test_x, test_y, "testing batch 1 of 1")
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": per, "num_vis": 3072}, f,
+                    protocol=2)
+    (folder / "readme.html").write_text("<p>Generated CIFAR-10 fixture (not real data).</p>\n")
+
+
+def make_cifar10_archive(path, n_train: int = 500, n_test: int = 100, seed: int = 0) -> Path:
+    """`path` (…/cifar-10-python.tar.gz): a gzipped tar of cifar-10-batches-py/, laid out as the
+    real archive, holding a generated fixture. For testing the download path without internet."""
+    import tarfile
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_cifar10_fixture(tmp, "torchvision", n_train, n_test, seed)
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(Path(tmp) / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return path

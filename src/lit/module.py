@@ -3,7 +3,11 @@ classification and segmentation. The model itself is plain PyTorch (src/models).
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -13,7 +17,37 @@ from torch import nn
 
 from src.structured import structural_loss, structural_residuals, structured_layers
 
-__all__ = ["StructuredModule", "ClassificationModule", "SegmentationModule", "lambda_at"]
+__all__ = ["StructuredModule", "ClassificationModule", "SegmentationModule", "lambda_at", "write_history",
+           "read_history"]
+
+
+def write_history(rows: list[dict], path: Path) -> None:
+    """Write the per-epoch history as CSV (one row per epoch), atomically: a kill mid-write
+    leaves the previous file."""
+    path = Path(path)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in keys})
+    os.replace(tmp, path)
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The rows of a history CSV (empty cells dropped), as floats; epoch and step as ints."""
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {k: float(v) for k, v in raw.items() if v not in (None, "")}
+            for k in ("epoch", "step"):
+                if k in row:
+                    row[k] = int(row[k])
+            rows.append(row)
+    return rows
 
 
 def lambda_at(lam: float, ramp_epochs: float, epoch_progress: float) -> float:
@@ -35,6 +69,11 @@ class StructuredModule(pl.LightningModule):
         self.num_classes = num_classes
         self.has_structure = any(True for _ in structured_layers(model))
         self.eval_prefix = "val"  # "test_dense", "test_projected", ... during the final evaluations
+        # Per-epoch history: one row per finished epoch, saved in every checkpoint (so a resumed run
+        # keeps it) and, when `history_path` is set, rewritten there as CSV after every epoch.
+        self.history: list[dict[str, float]] = []
+        self.history_path: Path | None = None
+        self._epoch_t0: float | None = None
 
     # ------------------------------------------------------------------ training
     def forward(self, x):
@@ -74,11 +113,38 @@ class StructuredModule(pl.LightningModule):
     def log_train_metrics(self, out, y) -> None:
         pass
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_t0 = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
         if self.has_structure:
             res = torch.tensor(list(structural_residuals(self.model).values()))
             self.log_dict({"residual/mean": res.mean(), "residual/max": res.max(), "residual/min": res.min()})
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.record_epoch()
+
+    # ------------------------------------------------------------------ history
+    def record_epoch(self) -> None:
+        """Append this epoch's row (epoch-level metrics: training aggregates, validation,
+        residuals, lr) to the history. Runs before the epoch's checkpoint is written (Lightning
+        calls checkpoint callbacks after this hook), so checkpoint and history always agree."""
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                   if not k.endswith("_step") and not k.startswith("test")}
+        row: dict[str, float] = {"epoch": self.current_epoch, "step": self.global_step}
+        for key in sorted(metrics):
+            if f"{key}_epoch" not in metrics:  # "x" duplicates "x_epoch" when a value is logged per step too
+                row[key] = metrics[key]
+        if self._epoch_t0 is not None:
+            row["epoch_time_s"] = round(time.perf_counter() - self._epoch_t0, 3)
+        self.history = [r for r in self.history if r["epoch"] < self.current_epoch] + [row]
+        if self.history_path is not None and self.trainer.is_global_zero:
+            write_history(self.history, self.history_path)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = [dict(r) for r in self.history]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = [dict(r) for r in checkpoint.get("history", [])]
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -94,7 +160,7 @@ class StructuredModule(pl.LightningModule):
             opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
         elif cfg["name"] == "adamw":
             opt = torch.optim.AdamW(groups, lr=lr)
-        elif cfg["name"] == "rmsprop":  # MobileNetV2 / EfficientNet papers (TF-style RMSProp)
+        elif cfg["name"] == "rmsprop":  # torch's RMSprop (eps outside the square root; not TF's RMSProp)
             opt = torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=cfg.get("eps", 1e-3), momentum=cfg.get("momentum", 0.9))
         else:
             raise ValueError(f"optim.name={cfg['name']!r}: expected sgd, adamw or rmsprop")

@@ -1,0 +1,141 @@
+"""Validate a training configuration before any work: every value the code reads, with the key,
+the value and what is allowed in the message (all problems at once)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["ConfigError", "validate"]
+
+PROGRESS_BARS = ("rich", "simple", "none")
+ROUTES = ("regularized", "direct")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+SCHEDULES = ("cosine", "steps", "poly", "exp")
+DOWNLOAD = ("auto", "true", "false")
+
+
+class ConfigError(ValueError):
+    """One or more configuration values are out of range."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(lo: int | None = None, hi: int | None = None, null: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        if v is None and null:
+            return None
+        if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            return f"an integer {rng}" + (" or null" if null else "")
+        return None
+    return check
+
+
+def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    def check(v):
+        bad = not _is_num(v) or v != v  # NaN
+        if not bad and lo is not None:
+            bad = v <= lo if lo_open else v < lo
+        if not bad and hi is not None:
+            bad = v >= hi if hi_open else v > hi
+        if bad:
+            parts = []
+            if lo is not None:
+                parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+            if hi is not None:
+                parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+            return "a number " + " and ".join(parts) if parts else "a number"
+        return None
+    return check
+
+
+def _enum(*allowed: str):
+    def check(v):
+        return None if str(v).lower() in allowed and not isinstance(v, (dict, list)) else f"one of {', '.join(allowed)}"
+    return check
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "true or false"
+
+
+# key -> check; a key absent from the config (another dataset's or optimizer's) is skipped.
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "seed": _int(0),
+    "trainer.max_epochs": _int(1),
+    "trainer.progress_bar": _enum(*PROGRESS_BARS),
+    "trainer.log_every_n_steps": _int(1),
+    "trainer.check_val_every_n_epoch": _int(1),
+    "trainer.num_sanity_val_steps": _int(-1),
+    "trainer.deterministic": _bool,
+    "structure.route": _enum(*ROUTES),
+    "structure.lam": _num(0.0),
+    "structure.lam_ramp_epochs": _num(0.0),
+    "structure.bn_recalib": _bool,
+    "structure.bn_recalib_batches": _int(1),
+    "structure.decompose_tol": _num(0.0, lo_open=True),
+    "model.channels_last": _bool,
+    "data.batch_size": _int(1),
+    "data.eval_batch_size": _int(1),
+    "data.train_subset": _int(1, null=True),
+    "data.test_subset": _int(1, null=True),
+    "data.num_workers": _int(0),
+    "data.image_size": _int(8),
+    "data.val_resize": _int(8),
+    "data.download": _enum(*DOWNLOAD),
+    "optim.name": _enum(*OPTIMIZERS),
+    "optim.schedule": _enum(*SCHEDULES),
+    "optim.lr": _num(0.0, lo_open=True),
+    "optim.lr_per_256": _num(0.0, lo_open=True),
+    "optim.momentum": _num(0.0, 1.0, hi_open=True),
+    "optim.weight_decay": _num(0.0),
+    "optim.warmup_epochs": _num(0.0),
+    "optim.gamma": _num(0.0, 1.0, lo_open=True),
+    "optim.power": _num(0.0, lo_open=True),
+    "optim.eps": _num(0.0, lo_open=True),
+    "optim.decay_every_epochs": _num(0.0, lo_open=True),
+    "optim.nesterov": _bool,
+    "logger.wandb": _bool,
+    "logger.offline": _bool,
+}
+
+
+def _get(container: dict, key: str):
+    node = container
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def validate(cfg: DictConfig | dict) -> None:
+    """Raise ConfigError listing every out-of-range value (key, value, what is allowed)."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    problems = []
+    for key, check in CHECKS.items():
+        value = _get(c, key)
+        if value is _MISSING:
+            continue
+        allowed = check(value)
+        if allowed:
+            problems.append(f"{key}={value!r}: must be {allowed}")
+    epochs, warmup = _get(c, "trainer.max_epochs"), _get(c, "optim.warmup_epochs")
+    if _is_int(epochs) and _is_num(warmup) and epochs >= 1 and warmup >= epochs:
+        problems.append(f"optim.warmup_epochs={warmup!r}: must be below trainer.max_epochs={epochs}")
+    milestones = _get(c, "optim.milestones")
+    if milestones is not _MISSING and (not isinstance(milestones, list) or not all(_is_num(m) and m > 0 for m in milestones)):
+        problems.append(f"optim.milestones={milestones!r}: must be a list of positive epoch numbers")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
