@@ -242,3 +242,134 @@ def test_structural_loss_is_full_precision_under_autocast():
     assert float(loss.detach()) < 1e-5 and conv.weight.grad.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         assert float(conv.structural_residual()) < 1e-5  # the logging path too
+
+
+def dense_complement(full, inner):
+    """I - A A^+ with A the explicit Kronecker product of the 1-D box bases (any kernel shape)."""
+    a = box_matrix(full[0], inner[0])
+    for length, l in zip(full[1:], inner[1:]):
+        a = torch.kron(a, box_matrix(length, l))
+    return torch.eye(a.shape[0], dtype=torch.float64) - a @ torch.linalg.pinv(a)
+
+
+def dense_relative_residual(w, q):
+    """||(I - A A^+) vec(W)|| / ||W|| per output unit row, by plain autograd-visible ops."""
+    return torch.linalg.vector_norm(w.reshape(w.shape[0], -1) @ q.T) / torch.linalg.vector_norm(w)
+
+
+# every square-kernel structure with C <= 5, N <= 5: (C, N, c, n)
+SMALL_STRUCTURES = [(C, N, c, n) for C in range(1, 6) for N in range(1, 6)
+                    for c in range(1, C + 1) for n in range(1, N + 1)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_structural_loss_value_and_gradient_every_small_structure(channels_last):
+    """structural_loss (one fused autograd node: folds, channels_last views) against autograd through
+    the explicit dense projector, value and gradient, for every (C, N, c, n) with C, N <= 5, in both
+    kernel memory formats, plus every StructuredLinear with in_features <= 5. Among them the
+    channel-only structures with c = 1 whose fold has the kernel's own shape (C = N, n = N; in
+    channels_last order the fold was once taken for a full residual, giving a transposed gradient)."""
+    from src.structured import structural_residuals
+    from src.structured.basis import layer_residuals
+
+    layers = [StructuredConv2d(C, 2 + i % 2, N, inner_channels=c, inner_kernel_size=n)
+              for i, (C, N, c, n) in enumerate(SMALL_STRUCTURES)]
+    layers += [StructuredLinear(C, 3, inner_features=c) for C in range(1, 6) for c in range(1, C + 1)]
+    model = torch.nn.ModuleList(layers).double()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in model[:len(SMALL_STRUCTURES)])
+        assert any(not m.weight.is_contiguous() for m in model)
+    loss = structural_loss(model)
+    loss.backward()
+    values = layer_residuals([m.weight for m in model], [m.inner_shape for m in model]).detach()
+    logged = structural_residuals(model)  # the no-grad path
+    total = 0.0
+    for i, m in enumerate(model):
+        w = m.weight.detach().clone().requires_grad_(True)
+        ref = dense_relative_residual(w, dense_complement(tuple(w.shape[1:]), m.inner_shape))
+        ref.backward()
+        total += float(ref.detach())
+        what = (type(m).__name__, tuple(w.shape), m.inner_shape, channels_last)
+        assert abs(float(values[i]) - float(ref.detach())) < 1e-10, what
+        assert abs(logged[str(i)] - float(ref.detach())) < 1e-10, what
+        assert m.weight.grad.shape == w.shape
+        assert (m.weight.grad - w.grad).abs().max() < 1e-10, what
+    assert abs(float(loss.detach()) - total) < 1e-10 * len(model)
+
+
+def test_constant_caches_filled_under_inference_mode_serve_autograd():
+    """The per-(device, dtype) constant caches (axis operators, spatial Kronecker operators, fold
+    counts, the sum-pool's ones kernel) first filled inside torch.inference_mode() must hold
+    ordinary tensors: a later training step saves them for backward."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from src.structured import DecomposedConv2d, SumPool, decompose, project, structural_residuals, sumpool
+    from src.structured import basis
+
+    basis._DEVICE_CACHE.clear()
+    basis._axis_operators_f64.cache_clear()
+    sumpool._ONES.clear()
+    model = torch.nn.Sequential(
+        StructuredConv2d(6, 4, 3, padding=1, inner_channels=3, inner_kernel_size=2),
+        StructuredConv2d(4, 4, 1, inner_channels=2, inner_kernel_size=1),
+        torch.nn.Flatten(),
+        StructuredLinear(4 * 8 * 8, 5, inner_features=7),
+    ).double()
+    dec = DecomposedConv2d(6, 4, 3, padding=1, inner_channels=3, inner_kernel_size=2).double()
+    pool = SumPool(2, 2, 1)
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
+    big = torch.randn(1, 16, 64, 64).to(memory_format=torch.channels_last)  # the ones-kernel path
+    layers = [model[0], model[1], model[3]]
+    with torch.inference_mode():  # e.g. a validation pass before the first training step
+        structural_loss(model), structural_residuals(model), model(x), dec(x), pool(x), SumPool(1, 2, 1)(big)
+        project(copy.deepcopy(model))
+        decompose(model, tol=float("inf"))(x)
+        for m in layers:
+            w = m.weight
+            project_weight(w, m.inner_shape), compose(coefficients(w, m.inner_shape), w.shape[1:])
+            relative_residual(w, m.inner_shape)
+        dec.composed_weight()
+    # a training step through every cached operator, against dense references
+    loss = structural_loss(model)
+    loss.backward()
+    for m in layers:
+        w = m.weight.detach().clone().requires_grad_(True)
+        q = dense_complement(tuple(w.shape[1:]), m.inner_shape)
+        dense_relative_residual(w, q).backward()
+        assert torch.isfinite(m.weight.grad).all() and (m.weight.grad - w.grad).abs().max() < 1e-10
+        full, inner = tuple(w.shape[1:]), m.inner_shape
+        a = box_matrix(full[0], inner[0])
+        for length, l in zip(full[1:], inner[1:]):
+            a = torch.kron(a, box_matrix(length, l))
+        g = torch.randn(w.shape[0], a.shape[0], dtype=torch.float64)  # upstream gradient, flat
+        w = m.weight.detach().clone().requires_grad_(True)
+        (project_weight(w, inner).reshape(len(g), -1) * g).sum().backward()  # grad = P g (P symmetric)
+        assert rel_err(w.grad.reshape(len(g), -1), g @ (torch.eye(len(q), dtype=torch.float64) - q).T) < 1e-12
+        w.grad = None
+        gi = torch.randn(w.shape[0], a.shape[1], dtype=torch.float64)
+        (coefficients(w, inner).reshape(len(gi), -1) * gi).sum().backward()  # grad = (A^+)^T gi
+        assert rel_err(w.grad.reshape(len(gi), -1), gi @ torch.linalg.pinv(a)) < 1e-12
+        alpha = torch.randn(w.shape[0], *inner, dtype=torch.float64, requires_grad=True)
+        (compose(alpha, full).reshape(len(g), -1) * g).sum().backward()  # grad = A^T g
+        assert rel_err(alpha.grad.reshape(len(g), -1), g @ a) < 1e-12
+    # the deploy form trained directly (alpha as the parameter), and the sum-pool, with autograd
+    xg = x.clone().requires_grad_(True)
+    gy = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    (dec(xg) * gy).sum().backward()
+    alpha = dec.conv.weight.detach().clone().requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    a = torch.kron(torch.kron(box_matrix(6, 3), box_matrix(3, 2)), box_matrix(3, 2))
+    w_ref = (alpha.reshape(4, -1) @ a.T).reshape(4, 6, 3, 3)
+    (F.conv2d(xr, w_ref, dec.conv.bias.detach(), padding=1) * gy).sum().backward()
+    assert rel_err(dec.conv.weight.grad, alpha.grad) < 1e-12 and rel_err(xg.grad, xr.grad) < 1e-12
+    assert torch.autograd.gradcheck(pool, (x[:1, :, :4, :4].clone().requires_grad_(True),), fast_mode=True)
+    bigg = big.clone().requires_grad_(True)
+    SumPool(1, 2, 1)(bigg).sum().backward()
+    assert torch.isfinite(bigg.grad).all()
+    # and the caches hold no inference tensor
+    assert basis._DEVICE_CACHE and sumpool._ONES
+    cached = [t for v in basis._DEVICE_CACHE.values() for t in (v if isinstance(v, tuple) else (v,))]
+    assert not any(t.is_inference() for t in cached + list(sumpool._ONES.values()))

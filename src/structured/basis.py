@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -39,11 +39,26 @@ def box_matrix(length: int, inner: int, dtype: torch.dtype = torch.float64) -> t
     return ((rows >= cols) & (rows <= cols + length - inner)).to(dtype)
 
 
+def _constant(make):
+    """make() evaluated outside inference mode, for the module-level caches.
+
+    A tensor created inside ``torch.inference_mode()`` is an inference tensor; cached, it would
+    break every later autograd use ("Inference tensors cannot be saved for backward") once the
+    first call happened under inference mode (e.g. an evaluation before the first training step)."""
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return make()
+    return make()
+
+
 @functools.lru_cache(maxsize=None)
 def _axis_operators_f64(length: int, inner: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    b = box_matrix(length, inner)
-    b_pinv = torch.linalg.pinv(b)  # (inner, length); B has full column rank
-    return b, b_pinv, b @ b_pinv
+    def make():
+        b = box_matrix(length, inner)
+        b_pinv = torch.linalg.pinv(b)  # (inner, length); B has full column rank
+        return b, b_pinv, b @ b_pinv
+
+    return _constant(make)
 
 
 _DEVICE_CACHE: dict[tuple, object] = {}
@@ -56,7 +71,7 @@ def axis_operators(
     key = (length, inner, torch.device(device), dtype)
     ops = _DEVICE_CACHE.get(key)
     if ops is None:
-        ops = tuple(t.to(device=device, dtype=dtype) for t in _axis_operators_f64(length, inner))
+        ops = _constant(lambda: tuple(t.to(device=device, dtype=dtype) for t in _axis_operators_f64(length, inner)))
         _DEVICE_CACHE[key] = ops
     return ops  # type: ignore[return-value]
 
@@ -70,16 +85,16 @@ def _operator(full: Sequence[int], inner: Sequence[int], which: int, ref: torch.
     key = (tuple(full), tuple(inner), which, ref.device, ref.dtype)
     op = _DEVICE_CACHE.get(key)
     if op is None:
-        mats = [axis_operators(length, l, ref.device, torch.float64)[which] if length != l else None
-                for length, l in zip(full, inner)]
-        if len(mats) == 2:
-            mh, mw = (torch.eye(length, dtype=torch.float64, device=ref.device) if m is None else m
-                      for m, length in zip(mats, full))
-            op = torch.kron(mh, mw)
-        else:
-            op = mats[0]
-        op = op.to(ref.dtype)
-        _DEVICE_CACHE[key] = op
+        def make():
+            mats = [axis_operators(length, l, ref.device, torch.float64)[which] if length != l else None
+                    for length, l in zip(full, inner)]
+            if len(mats) == 2:
+                mh, mw = (torch.eye(length, dtype=torch.float64, device=ref.device) if m is None else m
+                          for m, length in zip(mats, full))
+                return torch.kron(mh, mw).to(ref.dtype)
+            return mats[0].to(ref.dtype)
+
+        op = _DEVICE_CACHE[key] = _constant(make)
     return op
 
 
@@ -94,7 +109,8 @@ def _fold_counts(length: int, inner: int, ref: torch.Tensor) -> torch.Tensor:
     m = _DEVICE_CACHE.get(key)
     if m is None:
         period = length - inner + 1
-        m = torch.bincount(torch.arange(length) % period, minlength=period).to(device=ref.device, dtype=ref.dtype)
+        m = _constant(lambda: torch.bincount(torch.arange(length) % period, minlength=period).to(
+            device=ref.device, dtype=ref.dtype))
         _DEVICE_CACHE[key] = m
     return m  # type: ignore[return-value]
 
@@ -213,6 +229,21 @@ def _fold(x: torch.Tensor, length: int, inner: int, dim: int) -> torch.Tensor:
     return (u - mu).mul_(inv_m)
 
 
+class _Full(NamedTuple):
+    """What `_Residuals` keeps for the backward: the full residual R = (I - P) W, in W's shape."""
+
+    r: torch.Tensor
+
+
+class _Fold(NamedTuple):
+    """What `_Residuals` keeps for a channel-only structure: the period-L fold z (R = E z) of W's
+    view along `dim`; the view is W's (..., H, W, C) order when `channels_last`."""
+
+    z: torch.Tensor
+    dim: int
+    channels_last: bool
+
+
 class _Residuals(torch.autograd.Function):
     """Per-layer relative residuals r_l = ||(I - P_l) W_l|| / ||W_l|| of a list of kernels.
 
@@ -232,17 +263,20 @@ class _Residuals(torch.autograd.Function):
         for w, (full, inner) in zip(weights, specs):
             n_w = torch.linalg.vector_norm(w).clamp_min(torch.finfo(w.dtype).tiny)
             if tuple(full) == tuple(inner):
-                r = None
+                kept = None
                 n_r = torch.zeros((), dtype=w.dtype, device=w.device)
             elif tuple(full[1:]) == tuple(inner[1:]):  # channel axis only: keep the fold
                 view, dim = _physical_view(w, full)
-                r = _fold(view, full[0], inner[0], dim)
-                m = _fold_counts(full[0], inner[0], w).view(r.shape[dim], *([1] * (r.dim() - 1 - dim)))
-                n_r = (r * r * m).sum().sqrt()
+                z = _fold(view, full[0], inner[0], dim)
+                m = _fold_counts(full[0], inner[0], w).view(z.shape[dim], *([1] * (z.dim() - 1 - dim)))
+                n_r = (z * z * m).sum().sqrt()
+                # Tagged, with the axis order it was computed in: the fold's shape is no guide to what
+                # it is (with c = 1 it has W's own shape, and with C = N also W's channels_last order).
+                kept = _Fold(z, dim, view is not w)
             else:
-                r = _residual(w, full, inner)
-                n_r = torch.linalg.vector_norm(r)
-            saved.append(r)
+                kept = _Full(_residual(w, full, inner))
+                n_r = torch.linalg.vector_norm(kept.r)
+            saved.append(kept)
             ratios.append(n_r / n_w)
             norms.append((n_r, n_w))
         ctx.saved, ctx.norms = saved, norms
@@ -254,21 +288,25 @@ class _Residuals(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         weights = ctx.saved_tensors
         grads = []
-        for i, (w, (full, inner), r, (n_r, n_w)) in enumerate(zip(weights, ctx.specs, ctx.saved, ctx.norms)):
+        for i, (w, (full, inner), kept, (n_r, n_w)) in enumerate(zip(weights, ctx.specs, ctx.saved, ctx.norms)):
             g = grad[i]
             coef_w = g * (n_r / n_w) / n_w / n_w  # sequential divisions: n_w^2 may underflow
-            if r is None:
+            if kept is None:
                 out = torch.mul(w, -coef_w)
                 grads.append(out)
                 continue
             coef_r = torch.where(n_r > 0, g / n_r.clamp_min(torch.finfo(w.dtype).tiny) / n_w, torch.zeros_like(g))
-            if r.shape == w.shape:
-                out = torch.mul(r, coef_r)
-            else:  # r is the fold z: out = coef_r * E z
-                out = torch.empty_like(w)
-                view, dim = _physical_view(out, full)
-                for start, n in _periods(full[0], r.shape[dim]):
-                    torch.mul(r.narrow(dim, 0, n), coef_r, out=view.narrow(dim, start, n))
+            if isinstance(kept, _Full):
+                out = torch.mul(kept.r, coef_r)
+            else:  # the fold z: out = coef_r * E z, written in the axis order z was computed in
+                z, dim = kept.z, kept.dim
+                if kept.channels_last:  # z is (..., H, W, L): fill W's (..., H, W, C) view
+                    view = torch.empty((*z.shape[:-1], full[0]), dtype=w.dtype, device=w.device)
+                    out = view.movedim(-1, -3)
+                else:
+                    out = view = torch.empty(w.shape, dtype=w.dtype, device=w.device)
+                for start, n in _periods(full[0], z.shape[dim]):
+                    torch.mul(z.narrow(dim, 0, n), coef_r, out=view.narrow(dim, start, n))
             out.addcmul_(w, coef_w, value=-1)
             grads.append(out)
         return (None, *grads)
