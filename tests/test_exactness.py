@@ -134,3 +134,62 @@ def test_decomposed_alpha_trains_and_init_matches_dense_variance():
     fresh = decompose(layer, reinit=True, tol=1.0)
     ratio2 = float(fresh.composed_weight().detach().square().mean() / dense.square().mean())
     assert 0.9 < ratio2 < 1.1, ratio2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dense_recompose_is_a_plain_layer(channels_last):
+    """decompose(..., recompose={name: "dense"}) deploys a plain nn.Conv2d / nn.Linear holding the
+    projected kernel: no longer a structured layer for structured_layers, structural_loss and
+    complexity (counted as the dense k x k conv it is), and the same function as the decomposed model."""
+    from torch import nn
+
+    from src.structured import complexity, project, project_weight, structural_loss, structured_layers
+
+    model = nn.Sequential(
+        StructuredConv2d(6, 8, 3, stride=2, padding=1, inner_channels=3, inner_kernel_size=2),
+        nn.ReLU(),
+        StructuredConv2d(8, 8, 3, padding="same", dilation=2, groups=2, bias=False, inner_channels=2,
+                         inner_kernel_size=2),
+        nn.Flatten(),
+        StructuredLinear(8 * 5 * 5, 5, inner_features=9),
+    ).double()
+    project(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(3, 6, 9, 10, dtype=torch.float64)
+    dense_names = {"0": "dense", "2": "dense", "4": "dense"}
+    for recompose in (dense_names, ["0", "2", "4"], {"0": "dense"}):
+        dec = decompose(model, recompose=recompose)
+        for name in recompose:
+            layer, src = dec.get_submodule(name), model.get_submodule(name)
+            plain = nn.Linear if name == "4" else nn.Conv2d
+            assert type(layer) is plain, (name, type(layer))
+            assert torch.equal(layer.weight, project_weight(src.weight.detach(), src.inner_shape))
+            assert rel_err(layer.weight, src.weight) <= 1e-12  # projected already: P W == W to rounding
+            assert (layer.bias is None) == (src.bias is None)
+            if plain is nn.Conv2d:
+                for attr in ("stride", "padding", "dilation", "groups", "kernel_size", "padding_mode"):
+                    assert getattr(layer, attr) == getattr(src, attr), attr
+                assert layer.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert not list(structured_layers(dec))  # the others are decomposed
+        for name in {"0", "2", "4"} - set(recompose):
+            assert isinstance(dec.get_submodule(name), (DecomposedConv2d, DecomposedLinear))
+        with torch.no_grad():
+            assert rel_err(dec(x), decompose(model)(x)) <= 1e-12
+    dec = decompose(model, recompose=dense_names)
+    assert float(structural_loss(dec)) == 0.0
+    c = complexity(dec, (6, 9, 10))
+    costs = {cost.name: cost for cost in c.layers}
+    assert [costs[n].kind for n in ("0", "2", "4")] == ["conv", "conv", "linear"]
+    outs = 8 * 5 * 5  # stride 2, padding 1: 9 x 10 -> 5 x 5
+    assert (costs["0"].params, costs["0"].mults) == (8 * 6 * 9 + 8, outs * 6 * 9)
+    assert (costs["2"].params, costs["2"].mults) == (8 * 4 * 9, outs * 4 * 9)  # groups 2: C/g = 4
+    assert (costs["4"].params, costs["4"].mults) == (5 * 200 + 5, 5 * 200)
+    assert c.params == c.params_decomposed == sum(p.numel() for p in dec.parameters())
+    assert c.mults == c.mults_decomposed == complexity(model, (6, 9, 10)).mults
+    # the single-layer form too, with requires_grad and mode kept
+    layer = model[0].eval()
+    single = decompose(layer, recompose={"": "dense"})
+    assert type(single) is nn.Conv2d and not single.training and single.weight.requires_grad
+    with torch.no_grad():
+        assert rel_err(single(x), decompose(layer)(x)) <= 1e-12

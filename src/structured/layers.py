@@ -132,6 +132,26 @@ class StructuredLayer:
     def to_decomposed(self) -> nn.Module:
         raise NotImplementedError
 
+    def to_dense(self) -> nn.Module:
+        """The "dense" deploy form: a plain ``nn.Conv2d`` / ``nn.Linear`` (no longer structured,
+        so `structured_layers`, `structural_loss` and `complexity` treat it as the dense layer it
+        is) holding the projected kernel A A^+ W (computed in float64) and the same bias, with the
+        layer's hyper-parameters, device, dtype, memory format, requires_grad and mode."""
+        raise NotImplementedError
+
+    def _fill_dense(self, dense: nn.Module) -> nn.Module:
+        w = self.weight
+        with torch.no_grad():
+            dense.weight.copy_(project_weight(w.detach().double(), self.inner_shape).to(w.dtype))
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+            dense = dense.to(memory_format=torch.channels_last)
+        for name, p in dense.named_parameters():
+            p.requires_grad_(getattr(self, name).requires_grad)
+        dense.train(self.training)
+        return dense
+
 
 class StructuredConv2d(StructuredLayer, nn.Conv2d):
     """``nn.Conv2d`` whose kernel is trained toward the structure with inner sizes
@@ -223,6 +243,16 @@ class StructuredConv2d(StructuredLayer, nn.Conv2d):
         dec.train(self.training)
         return dec
 
+    def to_dense(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the projected kernel (see StructuredLayer.to_dense)."""
+        w = self.weight
+        dense = nn.utils.skip_init(  # (no init: every entry is overwritten; no RNG draw)
+            nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+            self.dilation, self.groups, self.bias is not None, self.padding_mode, device=w.device,
+            dtype=w.dtype,
+        )
+        return self._fill_dense(dense)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + (
             f", inner_channels={self.inner_channels}, inner_kernel_size={self.inner_kernel_size}"
@@ -265,6 +295,13 @@ class StructuredLinear(StructuredLayer, nn.Linear):
                 dec.linear.bias.copy_(self.bias)
         dec.train(self.training)
         return dec
+
+    def to_dense(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with the projected weight (see StructuredLayer.to_dense)."""
+        w = self.weight
+        dense = nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, self.bias is not None,
+                                   device=w.device, dtype=w.dtype)
+        return self._fill_dense(dense)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", inner_features={self.inner_features}"

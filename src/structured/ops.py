@@ -86,7 +86,7 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
             stacklevel=3,
         )
     if form == "dense":
-        return copy.deepcopy(layer).project_()
+        return layer.to_dense()
     if form == "spatial":
         return layer.to_decomposed(spatial_only=True)
     dec = layer.to_decomposed()
@@ -108,9 +108,10 @@ def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bo
     of each layer's current (initial) dense kernel.
 
     Deploy option `recompose`: structured layers (names as :func:`structured_layers` gives them;
-    '' for a single layer) to deploy in another exact form. Names alone mean "dense": the
-    projected train-form layer, one dense conv with the structured kernel A alpha (dense
-    parameter count and MACs, no sum-pool pass). A mapping name -> form also allows "spatial"
+    '' for a single layer) to deploy in another exact form. Names alone mean "dense": a plain
+    ``nn.Conv2d`` / ``nn.Linear`` (no longer a structured layer) holding the projected kernel
+    A alpha = A A^+ W and the same bias, i.e. one dense conv (dense parameter count and MACs, no
+    sum-pool pass; `complexity` counts it as such). A mapping name -> form also allows "spatial"
     (convs only): sum-pool over space only, then an n x n conv over all input channels holding
     B(C, c) alpha, which keeps the spatial saving and skips the channel-window pass. The output
     is the same up to rounding; which form is fastest depends on the layer, input and hardware,
