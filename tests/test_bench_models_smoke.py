@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 import torch
 
+from src import provenance
 from src.bench import models
 from src.models import create_model
 from src.structured import DecomposedConv2d, StructuredConv2d, StructuredLinear, decompose, project, sumpool
@@ -17,13 +18,15 @@ from .conftest import rel_err
 from .test_sumpool import reference_sum_pool
 
 
-def test_model_benchmark_quick_run(tmp_path, capsys):
+def test_model_benchmark_quick_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(provenance, "git_sha", lambda: "0123abc")  # (other commits may land meanwhile)
     out = tmp_path / "speed.md"
     report = models.main(["--quick", "--threads", "1", "--malloc", "default", "--out", str(out)])
     assert out.read_text() == report
     assert "time ratio" in capsys.readouterr().out
     assert report.startswith("# Speed: dense baselines vs decomposed structured models")
     assert re.search(r"Machine: .*, 1 threads, torch .*glibc malloc", report)
+    assert "code at git `0123abc`" in report
     rows = [line for line in report.splitlines() if line.startswith("| resnet20 | 32x32 | 2 | eager_cl |")]
     assert [r.split(" | ")[4].split(" ")[0] for r in rows] == ["a", "a+plan"]
     for row in rows:
@@ -43,9 +46,14 @@ def test_deploy_plan_rows_time_the_same_function():
     every = [name for name, m in model.named_modules() if isinstance(m, StructuredConv2d)]
     assert set(plan_recompose(model, x, reps=1)) <= set(every)
     half = every[::2]
-    mixed = decompose(model, recompose=half)  # re-composed layers: the projected dense convs
-    assert [type(mixed.get_submodule(n)) for n in every] == [
-        StructuredConv2d if n in half else DecomposedConv2d for n in every]
+    mixed = decompose(model, recompose=half)  # re-composed layers: one conv, the projected 3x3 kernel
+    for n in every:
+        layer = mixed.get_submodule(n)
+        if n in half:
+            assert isinstance(layer, torch.nn.Conv2d) and not isinstance(layer, DecomposedConv2d), n
+            assert layer.kernel_size == (3, 3), n
+        else:
+            assert isinstance(layer, DecomposedConv2d), n
     with torch.no_grad():
         assert rel_err(mixed(x), decompose(model)(x)) <= 1e-5
     with pytest.raises(ValueError, match="no structured layer"):

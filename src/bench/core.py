@@ -2,9 +2,12 @@
 small conv against the dense conv it replaces, per layer, NCHW and channels_last.
 
     python -m src.bench.core [--threads 2] [--reps 20] [--quick] [--out results/bench_core.md]
+                             [--allow-dirty]
 
 Everything is measured side by side in this process (see src/bench/timing.py) and printed as
-markdown (and written to --out when given); no numbers are asserted.
+markdown (and written to --out when given, headed by the code's git commit); no numbers are
+asserted. Into the repository's results/ it writes only from committed code (src/provenance.py):
+with uncommitted changes to tracked files it refuses before timing anything, unless --allow-dirty.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from src import provenance  # noqa: E402
 from src.models.cifar_resnet import cifar_resnet  # noqa: E402
 from src.structured import StructuredConv2d, complexity, decompose, structural_loss, structurize  # noqa: E402
 
@@ -98,20 +102,29 @@ def layer_table(reps: int, layers=LAYERS) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    ap.add_argument("--reps", type=int, default=20, help="timed repetitions per candidate (default 20)")
     ap.add_argument("--batch", type=int, default=128, help="ResNet-56 training batch")
     ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                     help="allocator setting (see src/bench/timing.py:configure_allocator)")
     ap.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
     ap.add_argument("--out", help="also write the report to this markdown file")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="write into results/ even with uncommitted changes (the header then names a -dirty sha)")
     args = ap.parse_args(argv)
+    if args.out:
+        try:  # before any timing: a refused report should not cost minutes
+            provenance.check_results_dir(args.out, args.allow_dirty)
+        except provenance.DirtyTreeError as e:
+            ap.error(str(e))
+    sha = provenance.git_sha()
     allocator = f"{configure_allocator(args.malloc)}; {huge_pages_label()}"
     torch.set_num_threads(args.threads)
     reps = 3 if args.quick else args.reps
     report = "\n\n".join([
         f"## Core benchmark\n\nMachine: {machine_label()}; {allocator}. Command: "
-        f"`python -m src.bench.core {' '.join(argv if argv is not None else sys.argv[1:])}`. "
+        f"`python -m src.bench.core {' '.join(argv if argv is not None else sys.argv[1:])}`; code at git "
+        f"`{sha}`. "
         "Median of interleaved repetitions; time ratio = decomposed / dense.",
         layer_table(reps, LAYERS[:1] if args.quick else LAYERS),
         loss_overhead(16 if args.quick else args.batch, max(3, reps // 2)),
