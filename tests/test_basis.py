@@ -1,4 +1,4 @@
-"""The linear algebra of METHOD.md section 1, checked against dense-matrix references."""
+"""The linear algebra of docs/method.md sections 1 and 3, checked against dense-matrix references."""
 
 import itertools
 
@@ -278,7 +278,8 @@ def test_structural_loss_value_and_gradient_every_small_structure(channels_last)
     model = torch.nn.ModuleList(layers).double()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in model[:len(SMALL_STRUCTURES)])
+        convs = model[:len(SMALL_STRUCTURES)]
+        assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
         assert any(not m.weight.is_contiguous() for m in model)
     loss = structural_loss(model)
     loss.backward()

@@ -1,4 +1,4 @@
-"""decompose(layer) == the dense conv / linear with the projected kernel (METHOD.md section 5)."""
+"""decompose(layer) == the dense conv / linear with the projected kernel (docs/method.md sections 2 and 6)."""
 
 import itertools
 

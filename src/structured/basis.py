@@ -1,4 +1,4 @@
-"""The linear algebra of structured kernels (METHOD.md section 1), axis by axis.
+"""The linear algebra of structured kernels (docs/method.md sections 1 and 3), axis by axis.
 
 A structured kernel of shape (C, N, N) with inner sizes (c, n) is vec(W) = A vec(alpha) with
 A = B(C, c) (x) B(N, n) (x) B(N, n). Every operator here (compose, coefficients, projection)
@@ -71,7 +71,8 @@ def axis_operators(
     key = (length, inner, torch.device(device), dtype)
     ops = _DEVICE_CACHE.get(key)
     if ops is None:
-        ops = _constant(lambda: tuple(t.to(device=device, dtype=dtype) for t in _axis_operators_f64(length, inner)))
+        ops = _constant(lambda: tuple(t.to(device=device, dtype=dtype)
+                                      for t in _axis_operators_f64(length, inner)))
         _DEVICE_CACHE[key] = ops
     return ops  # type: ignore[return-value]
 
@@ -288,7 +289,8 @@ class _Residuals(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         weights = ctx.saved_tensors
         grads = []
-        for i, (w, (full, inner), kept, (n_r, n_w)) in enumerate(zip(weights, ctx.specs, ctx.saved, ctx.norms)):
+        for i, (w, (full, inner), kept, (n_r, n_w)) in enumerate(
+                zip(weights, ctx.specs, ctx.saved, ctx.norms)):
             g = grad[i]
             coef_w = g * (n_r / n_w) / n_w / n_w  # sequential divisions: n_w^2 may underflow
             if kept is None:

@@ -1,4 +1,4 @@
-"""Analytic per-image complexity (METHOD.md section 3): params, mults (MACs) and adds.
+"""Analytic per-image complexity (docs/method.md section 5): params, mults (MACs) and adds.
 
 Every Conv2d / Linear / sum-pool call is recorded by a forward hook on a meta-device copy of the
 model (no memory, no compute), then counted with closed-form formulas:

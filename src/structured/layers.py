@@ -4,7 +4,7 @@
   subclasses: they train the full kernel W (same state_dict keys, so dense checkpoints load) and
   know their inner sizes (c, n), which define the structural residual, projection and alpha.
 - :class:`DecomposedConv2d` / :class:`DecomposedLinear` are the deploy form: a parameter-free
-  sum-pooling followed by a small conv / linear holding alpha (METHOD.md section 2). Their alpha
+  sum-pooling followed by a small conv / linear holding alpha (docs/method.md section 2). Their alpha
   is an ordinary parameter, so they also serve the direct-training route (``reset_parameters``
   gives the composed kernel the variance of PyTorch's default dense init).
 

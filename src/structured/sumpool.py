@@ -154,9 +154,9 @@ def _pool2x2_channels_last(x: torch.Tensor, pad_hw: tuple[int, int]) -> torch.Te
         return F.avg_pool2d(x, 2, 1, pad_hw, divisor_override=1)
     key = (channels, x.dtype, x.device)
     ones = _ONES.get(key)
-    if ones is None:  # an ordinary tensor even when first made inside inference_mode (see basis._constant)
-        ones = _ONES[key] = _constant(lambda: torch.ones(channels, 1, 2, 2, dtype=x.dtype, device=x.device).contiguous(
-            memory_format=torch.channels_last))
+    if ones is None:  # an ordinary tensor even when first made inside inference_mode (basis._constant)
+        ones = _ONES[key] = _constant(lambda: torch.ones(
+            channels, 1, 2, 2, dtype=x.dtype, device=x.device).contiguous(memory_format=torch.channels_last))
     return F.conv2d(x, ones, None, 1, pad_hw, 1, channels)
 
 
