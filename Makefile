@@ -8,13 +8,29 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all bench bench-core complexity reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
+.PHONY: help install test test-all bench bench-core complexity reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
 
 # Reproduction: PROFILE=quick (2-core CPU, ~30 min) or full (the paper's recipe; GPU).
 PROFILE ?= full
 RUNS ?= runs
-CIFAR_ROOT ?= $(if $(wildcard ../shared/data/cifar10/cifar10_train.npz),../shared/data/cifar10,data/cifar10)
+# CIFAR-10 folder (npz pair or torchvision's cifar-10-batches-py/); fetched there when absent and online.
+CIFAR_ROOT ?= data/cifar10
 DATA ?=
+
+help:                   ## list the targets
+	@echo "make help                         this list"
+	@echo "make install                      create .venv (Python 3.11, pinned torch) and install the project"
+	@echo "make test                         the default test suite (fast; CI runs this)"
+	@echo "make test-all                     every test, slow ones included"
+	@echo "make reproduce-cifar [PROFILE=quick|full] [CIFAR_ROOT=dir]"
+	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: ~30 min on 2 CPU cores)"
+	@echo "make reproduce-imagenet DATA=dir  the ImageNet runs (GPU-sized)"
+	@echo "make reproduce-cityscapes DATA=dir the Cityscapes runs (GPU-sized)"
+	@echo "make tables [PROFILE=...]         tables and plots from runs/<profile> into results/<profile>"
+	@echo "make complexity                   results/complexity.md (params / mults / adds of every model)"
+	@echo "make bench                        model-level speed benchmark -> results/speed.md (needs a quiet machine)"
+	@echo "make bench-core                   core benchmark -> results/bench_core.md"
+	@echo "make clean                        remove .venv and caches"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 1; }

@@ -9,7 +9,9 @@ imagenet:   ResNet-18/34/50, MobileNetV2, EfficientNet-B0/B1, each dense / A / B
 cityscapes: HRNetV2-W18-Small-v2 segmentation dense / A / B, 1 seed, the HRNet recipe.
 
 Each run is ``python -m src.train +exp=<dataset>/<model> ...`` in ``<runs>/<profile>/<model>/seed<k>``;
-finished runs are skipped and killed ones resume, so the command can simply be re-run.
+finished runs are skipped and killed ones resume, so the command can simply be re-run. The first
+run that fails stops the reproduction: its one-line error (from src.train) is followed by which
+run failed and where its log is, and the exit status is that run's.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ def commands(profile: str, data: str, runs: Path, extra: list[str]) -> list[list
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    ap.add_argument("--data", required=True, help="dataset root (CIFAR-10: npz folder or torchvision copy)")
-    ap.add_argument("--runs", type=Path, default=Path("runs"))
+    ap = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="full", help="which set of runs (default: full)")
+    ap.add_argument("--data", required=True,
+                    help="dataset root (CIFAR-10: npz folder or torchvision copy; fetched there when absent and online)")
+    ap.add_argument("--runs", type=Path, default=Path("runs"), help="runs go to <runs>/<profile>/<model>/seed<k>")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
@@ -65,8 +68,14 @@ def main(argv=None) -> None:
     t0 = time.time()
     for i, cmd in enumerate(cmds, 1):
         print(f"[{i}/{len(cmds)}] {' '.join(cmd[2:])}", flush=True)
-        if not args.dry_run:
-            subprocess.run(cmd, check=True)
+        if args.dry_run:
+            continue
+        code = subprocess.run(cmd).returncode
+        if code:
+            run_dir = next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1]
+            print(f"reproduce: run {i} of {len(cmds)} failed (exit status {code}); its log: {run_dir}/train.log. "
+                  f"Fix the cause and run the same command again: finished runs are skipped.", file=sys.stderr)
+            sys.exit(code)
     print(f"{len(cmds)} runs, {(time.time() - t0) / 60:.1f} min")
 
 

@@ -96,11 +96,12 @@ def check_run_dir(run_dir: Path, ident: dict[str, Any], config_name: str = "conf
         raise RunDirError(f"{stored} cannot be read ({e}); choose another hydra.run.dir") from None
     changes = diff(old, ident)
     if changes:
-        state = "a finished run" if (run_dir / "summary.json").exists() else "an unfinished run"
+        finished = (run_dir / "summary.json").exists()
+        state = "a finished run" if finished else "an unfinished run"
         shown = "\n  ".join(changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
         raise RunDirError(
             f"{run_dir} holds {state} with a different configuration; refusing to "
-            f"{'report' if 'finished' in state else 'resume'} it as this one. Differing keys (stored -> now):\n  "
+            f"{'report' if finished else 'resume'} it as this one. Differing keys (stored -> now):\n  "
             f"{shown}\nNothing was changed on disk. Use another directory (the default run name already "
             f"includes the overrides), or repeat the stored settings to resume it.")
 

@@ -279,12 +279,28 @@ def _train_and_deploy(cfg: DictConfig, run_dir: Path, summary_path: Path, last_c
     if metric == "acc":  # the key names of the contract (test_acc_decomposed_exact_subset etc.)
         summary["test_acc_decomposed_exact_subset"] = summary.get("test_acc_decomposed_exact_subset")
     if trainer.is_global_zero:
-        torch.save({"model": cfg.model.name, "route": cfg.structure.route, "num_classes": num_classes,
-                    "state_dict": module.model.state_dict()}, run_dir / "deploy.pt")
+        save_deploy_file(cfg, run_dir / "deploy.pt", module.model, datamodule, num_classes, size, summary["git_sha"])
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         log.debug("summary: %s", json.dumps(summary))
         print(report(summary, run_dir), flush=True)
     return summary
+
+
+def save_deploy_file(cfg: DictConfig, path: Path, model: torch.nn.Module, datamodule, num_classes: int,
+                     size, sha: str) -> None:
+    """deploy.pt: the decomposed model with its preprocessing (src.deploy.load_deploy reads it)."""
+    from src.deploy import default_preprocessing, save_deploy
+
+    pre = default_preprocessing(cfg.model.name, num_classes)
+    rules = OmegaConf.to_container(cfg.structure, resolve=True)
+    extra_rules = {"rules": rules.get("rules") or [], "exclude": rules.get("exclude") or []}
+    save_deploy(path, model, model_name=cfg.model.name, route=cfg.structure.route, num_classes=num_classes,
+                mean=pre["mean"], std=pre["std"], input_size=list(size),
+                class_names=getattr(datamodule, "class_names", None) or pre["class_names"],
+                crop_pct=(cfg.data.image_size / cfg.data.val_resize if "val_resize" in cfg.data else pre["crop_pct"]),
+                model_kwargs=OmegaConf.to_container(cfg.model.kwargs, resolve=True) if cfg.model.kwargs else {},
+                structure=extra_rules if extra_rules["rules"] else None,
+                extra={"dataset": cfg.data.name, "git_sha": sha})
 
 
 def report(s: dict[str, Any], run_dir: Path) -> str:

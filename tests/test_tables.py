@@ -1,7 +1,10 @@
-"""Tables, plots and the analysis notebook, regenerated from a fixture of real (tiny) runs."""
+"""Tables, plots and the analysis notebook, regenerated from real (tiny) runs on the generated
+CIFAR-10 fixture; grouping of runs into rows."""
 
 from __future__ import annotations
 
+import json
+import shutil
 
 import nbformat
 import pytest
@@ -9,19 +12,22 @@ from nbclient import NotebookClient
 
 from src import tables
 
-from .test_train import CIFAR, TINY, ROOT, needs_cifar, train
+from .conftest import ROOT
+from .test_train import TINY, train
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
+    from src.data import make_cifar10_fixture
+
+    data = make_cifar10_fixture(tmp_path_factory.mktemp("cifar"), "npz", n_train=600, n_test=300)
     root = tmp_path_factory.mktemp("runs")
     for model, seed in (("resnet20", 0), ("struct_resnet20_a", 0), ("struct_resnet20_a", 1)):
-        train([f"+exp=cifar10/{model}", f"data.root={CIFAR}", f"seed={seed}", "profile=fixture", *TINY],
+        train([f"+exp=cifar10/{model}", f"data.root={data}", f"seed={seed}", "profile=fixture", *TINY],
               root / model / f"seed{seed}")
     return root
 
 
-@needs_cifar
 def test_tables_are_regenerated_identically(runs_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     written = tables.write_tables(runs_dir, a)
@@ -40,7 +46,6 @@ def test_tables_without_runs_say_what_to_do(tmp_path):
         tables.write_tables(tmp_path, tmp_path / "out")
 
 
-@needs_cifar
 def test_analysis_notebook_executes_on_fixture_runs(runs_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("RUNS_DIR", str(runs_dir))
     monkeypatch.setenv("PLOTS_DIR", str(tmp_path / "plots"))
@@ -51,3 +56,55 @@ def test_analysis_notebook_executes_on_fixture_runs(runs_dir, tmp_path, monkeypa
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells for o in c.get("outputs", []))
     assert (tmp_path / "plots" / "cifar10_acc_vs_macs.png").exists()
+
+
+# ----------------------------------------------------------------------------- grouping
+def _variant(runs_dir, tmp_path, name: str, **changes) -> None:
+    """A copy of the seed-0 struct_resnet20_a run with some summary fields changed."""
+    src = runs_dir / "struct_resnet20_a" / "seed0"
+    dst = tmp_path / "runs" / name
+    shutil.copytree(src, dst)
+    s = json.loads((dst / "summary.json").read_text())
+    s.update(changes)
+    (dst / "summary.json").write_text(json.dumps(s))
+
+
+def test_rows_group_runs_by_full_configuration(runs_dir, tmp_path):
+    """Four seed-0 runs of one model with different settings are four rows, never one row of
+    'four seeds'; runs of different commits are flagged; a repeated seed is an error."""
+    base = json.loads((runs_dir / "struct_resnet20_a" / "seed0" / "summary.json").read_text())
+    _variant(runs_dir, tmp_path, "a")
+    _variant(runs_dir, tmp_path, "b", config_hash="epochs1hash", max_epochs=1, epochs=1)
+    _variant(runs_dir, tmp_path, "c", config_hash="lam1hash", **{"lambda": 1.0})
+    _variant(runs_dir, tmp_path, "d", config_hash="epochs4hash", max_epochs=4, epochs=4)
+    md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| struct_resnet20_a")]
+    assert len(rows) == 4 and all("| regularized | 1 |" in r for r in rows), rows
+    assert "[epochs" in md and "[lam1ha" in md  # rows of one model name their configuration
+    assert "mixed commits" not in md
+    # seeds of one configuration from two commits: one row, flagged
+    _variant(runs_dir, tmp_path, "e", seed=7, git_sha="0" * 40)
+    md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
+    assert "**(mixed commits)**" in md and "rows from more than one code commit" in md
+    assert base["config_hash"] in md
+    # the same configuration and seed twice
+    _variant(runs_dir, tmp_path, "f")
+    with pytest.raises(ValueError, match="two runs of one configuration with seed 0"):
+        tables.write_tables(tmp_path / "runs", tmp_path / "out")
+
+
+def test_legacy_summaries_group_by_their_recorded_settings():
+    runs = [dict(model="struct_resnet20_a", seed=0, epochs=e, max_epochs=e, **{"lambda": lam}, _dir=str(i))
+            for i, (e, lam) in enumerate([(0, 2), (1, 2), (1, -1), (4, 2)])]
+    assert len(tables.group_runs(runs)) == 4
+
+
+def test_results_are_not_written_from_a_dirty_tree(runs_dir, monkeypatch):
+    from src import provenance
+
+    monkeypatch.setattr(provenance, "git_sha", lambda: "abc-dirty")
+    with pytest.raises(provenance.DirtyTreeError, match="uncommitted changes"):
+        tables.write_tables(runs_dir, ROOT / "results" / "never_written", allow_dirty=False)
+    assert not (ROOT / "results" / "never_written").exists()
+    with pytest.raises(SystemExit, match="refusing to write into"):
+        tables.main(["--runs", str(runs_dir), "--out", str(ROOT / "results" / "never_written")])

@@ -1,4 +1,5 @@
-"""The training pipeline end to end, on the real CIFAR-10 (small subsets, a few steps)."""
+"""The training pipeline end to end on CIFAR-10: a generated fixture in both on-disk layouts
+always, the real data set in addition where it is present (small subsets, a few steps)."""
 
 from __future__ import annotations
 
@@ -17,19 +18,20 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+import src.runs  # noqa: F401  (registers the run_suffix resolver the configs use)
+from src.lit.module import read_history
 from src.models import create_model, list_models
 from src.structured import decompose
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
+
 CONF = ROOT / "conf"
-CIFAR = Path(os.environ.get("CIFAR10_ROOT", ROOT.parent / "shared" / "data" / "cifar10"))
-needs_cifar = pytest.mark.skipif(not (CIFAR / "cifar10_train.npz").exists(), reason=f"no CIFAR-10 at {CIFAR}")
 
 REQUIRED_KEYS = {
     "model", "seed", "epochs", "test_acc_dense", "test_acc_projected", "test_acc_decomposed", "params_dense",
     "params_decomposed", "mults_dense", "mults_decomposed", "adds_dense", "adds_decomposed",
     "structural_residual_final", "lambda", "wall_time_s", "train_images_per_s", "git_sha",
-    "test_acc_decomposed_exact_subset",
+    "test_acc_decomposed_exact_subset", "config_hash", "run_hash", "overrides", "train_time_s",
 }
 
 TINY = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "data.eval_batch_size=256",
@@ -71,10 +73,9 @@ def test_every_experiment_config_composes():
         assert cfg.run_name.startswith(f"{cfg.data.name}/{cfg.model.name}"), exp
 
 
-@needs_cifar
-def test_cifar_structured_run_end_to_end(tmp_path):
+def test_cifar_structured_run_end_to_end(tmp_path, cifar_any):
     run_dir = tmp_path / "run"
-    s = train(["+exp=cifar10/struct_resnet20_a", f"data.root={CIFAR}", "logger=wandb", *TINY], run_dir)
+    s = train(["+exp=cifar10/struct_resnet20_a", f"data.root={cifar_any}", "logger=wandb", *TINY], run_dir)
     assert REQUIRED_KEYS <= set(s)
     assert s["model"] == "struct_resnet20_a" and s["epochs"] == 2 and s["lambda"] == 2.0
     assert (s["params_dense"], s["params_decomposed"]) == (269_722, 121_242)
@@ -82,35 +83,41 @@ def test_cifar_structured_run_end_to_end(tmp_path):
     assert 0 < s["structural_residual_final"] < 1
     # decomposition is exact: same predictions as the projected model, up to float ties
     assert abs(s["test_acc_decomposed"] - s["test_acc_projected"]) <= 100 / 256 + 1e-9
-    assert s["test_acc_decomposed_exact_subset"] is not None  # the offline copy marks bit-exact images
+    npz = (cifar_any / "cifar10_test.npz").exists()
+    # the npz layouts mark bit-exact test images; torchvision's copy is exact throughout
+    assert (s["test_acc_decomposed_exact_subset"] is not None) == npz
     assert json.loads((run_dir / "summary.json").read_text()) == s
-    metrics = (run_dir / "metrics.csv").read_text().splitlines()[0]
-    for key in ("train/structural_loss_epoch", "residual/mean", "residual/max", "val/acc", "test_decomposed/acc"):
-        assert key in metrics, key
+    history = read_history(run_dir / "metrics.csv")
+    assert [r["epoch"] for r in history] == [0, 1]  # one row per epoch
+    for key in ("train/structural_loss_epoch", "residual/mean", "residual/max", "val/acc", "train/loss_epoch", "lr"):
+        assert all(key in r for r in history), key
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb did not log offline"
-    # the deploy checkpoint loads into the decomposed architecture
-    deploy = torch.load(run_dir / "deploy.pt", weights_only=False)
+    # the deploy file loads on its own, with its preprocessing, into the decomposed architecture
+    from src.deploy import load_deploy
+
+    net = load_deploy(run_dir / "deploy.pt")
+    assert net.name == "struct_resnet20_a" and net.class_names[0] == "airplane" and net.preprocessing_known
+    assert len(net.classify(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))) == 1
+    deploy = torch.load(run_dir / "deploy.pt", weights_only=True)
     model = decompose(create_model("struct_resnet20_a"), tol=float("inf"))
     model.load_state_dict(deploy["state_dict"])
     # running the same command again reports the finished run without redoing it
-    assert train(["+exp=cifar10/struct_resnet20_a", f"data.root={CIFAR}", *TINY], run_dir) == s
+    assert train(["+exp=cifar10/struct_resnet20_a", f"data.root={cifar_any}", *TINY], run_dir) == s
 
 
-@needs_cifar
-def test_direct_route_and_dense_baseline(tmp_path):
-    s = train(["+exp=cifar10/struct_resnet56_a_direct", f"data.root={CIFAR}", "model.name=struct_resnet20_a", *TINY],
+def test_direct_route_and_dense_baseline(tmp_path, cifar_npz):
+    s = train(["+exp=cifar10/struct_resnet56_a_direct", f"data.root={cifar_npz}", "model.name=struct_resnet20_a", *TINY],
               tmp_path / "direct")
     assert s["route"] == "direct" and s["lambda"] == 0.0
     assert s["test_acc_dense"] == s["test_acc_decomposed"]
     assert s["params_decomposed"] == 121_242 and s["structural_residual_final"] == 0.0
-    d = train(["+exp=cifar10/resnet20", f"data.root={CIFAR}", *TINY], tmp_path / "dense")
+    d = train(["+exp=cifar10/resnet20", f"data.root={cifar_npz}", *TINY], tmp_path / "dense")
     assert d["params_dense"] == d["params_decomposed"] == 269_722
     assert d["test_acc_dense"] == d["test_acc_decomposed"]
 
 
-@needs_cifar
-def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch, cifar_npz):
     from src.lit.module import ClassificationModule
 
     original = ClassificationModule.task_loss
@@ -122,26 +129,33 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
     monkeypatch.setattr(ClassificationModule, "task_loss", poisoned)
     run_dir = tmp_path / "nan"
     with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 1.*last good checkpoint is kept \(.*last.ckpt\)"):
-        train(["+exp=cifar10/struct_resnet20_b", f"data.root={CIFAR}", *TINY], run_dir)
+        train(["+exp=cifar10/struct_resnet20_b", f"data.root={cifar_npz}", *TINY], run_dir)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert not (run_dir / "summary.json").exists()
+    assert len(read_history(run_dir / "metrics.csv")) == 1  # the good epoch's row is kept
+    assert "FloatingPointError" in (run_dir / "train.log").read_text()  # the error is in the run's log
 
 
 def test_missing_data_root_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=rf"no CIFAR-10 found at {tmp_path}/nowhere: expected .*cifar10_train.npz"):
-        train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/nowhere", *TINY], tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=rf"(?s)no CIFAR-10 at {tmp_path}/nowhere, and data.download=false .*"
+                                                rf"cifar10_train.npz.*CIFAR_ROOT"):
+        train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/nowhere", "data.download=false", *TINY], tmp_path / "run")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "cifar10_train.npz").write_bytes(b"garbage")
     with pytest.raises(FileNotFoundError, match="incomplete: cifar10_test.npz is missing"):
         train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/half", *TINY], tmp_path / "run2")
     (tmp_path / "half" / "cifar10_test.npz").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=rf"{tmp_path}/half/cifar10_train.npz is corrupt"):
+    with pytest.raises(OSError, match=rf"{tmp_path}/half/cifar10_train.npz is corrupt"):
         train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/half", *TINY], tmp_path / "run3")
+    tv = tmp_path / "tv" / "cifar-10-batches-py"
+    tv.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=rf"{tv} is incomplete: data_batch_1 is missing"):
+        train(["+exp=cifar10/resnet20", f"data.root={tmp_path}/tv", *TINY], tmp_path / "run4")
 
 
-def _cmd(run_dir: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "src.train", "+exp=cifar10/struct_resnet20_a", f"data.root={CIFAR}",
+def _cmd(run_dir: Path, extra: list[str], data: Path) -> list[str]:
+    return [sys.executable, "-m", "src.train", "+exp=cifar10/struct_resnet20_a", f"data.root={data}",
             f"hydra.run.dir={run_dir}", *TINY, *extra]
 
 
@@ -149,40 +163,54 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-@needs_cifar
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    extra = ["trainer.max_epochs=3", "data.train_subset=512"]
+def _history_values(run_dir: Path) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in read_history(run_dir / "metrics.csv")]
+
+
+def test_killed_run_resumes_with_its_full_history(tmp_path, cifar_npz):
+    """Kill a run after its epoch-1 checkpoint, run the same command again: the result and the
+    per-epoch history equal the uninterrupted run's (every epoch exactly once)."""
+    extra = ["trainer.max_epochs=4", "data.train_subset=512"]
     full = tmp_path / "full"
-    subprocess.run(_cmd(full, extra), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    subprocess.run(_cmd(full, extra, cifar_npz), cwd=ROOT, env=_env(), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(killed, extra), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(killed, extra, cifar_npz), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    ckpt_dir = killed / "checkpoints"
+    ckpt = killed / "checkpoints" / "epoch001.ckpt"
     deadline = time.time() + 300
-    while not list(ckpt_dir.glob("epoch*.ckpt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
     assert proc.poll() is None, "run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()
-    subprocess.run(_cmd(killed, extra), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    before = [r["epoch"] for r in read_history(killed / "metrics.csv")]
+    assert before[:2] == [0, 1] and len(before) <= 3, before
+    subprocess.run(_cmd(killed, extra, cifar_npz), cwd=ROOT, env=_env(), check=True, capture_output=True)
     a = json.loads((full / "summary.json").read_text())
     b = json.loads((killed / "summary.json").read_text())
-    for key in ("test_acc_dense", "test_acc_projected", "test_acc_decomposed", "epochs"):
+    assert not a["resumed"] and b["resumed"]
+    for key in ("test_acc_dense", "test_acc_projected", "test_acc_decomposed", "epochs", "config_hash", "run_hash"):
         assert a[key] == b[key], key
     assert abs(a["structural_residual_final"] - b["structural_residual_final"]) < 1e-6
+    ha, hb = _history_values(full), _history_values(killed)
+    assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb] == [0, 1, 2, 3]
+    for ra, rb in zip(ha, hb):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert abs(ra[k] - rb[k]) <= 1e-6 * max(1.0, abs(ra[k])), (ra["epoch"], k, ra[k], rb[k])
 
 
-@needs_cifar
-def test_ddp_two_cpu_processes(tmp_path):
+def test_ddp_two_cpu_processes(tmp_path, cifar_npz):
     run_dir = tmp_path / "ddp"
     out = subprocess.run(_cmd(run_dir, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                        "trainer.max_epochs=1"]),
+                                        "trainer.max_epochs=1"], cifar_npz),
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["world_size"] == 2 and s["epochs"] == 1
     assert s["params_decomposed"] == 121_242
+    assert [r["epoch"] for r in read_history(run_dir / "metrics.csv")] == [0]
 
 
 def test_imagenet_and_cityscapes_fixtures_end_to_end(tmp_path):

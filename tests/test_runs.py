@@ -1,0 +1,305 @@
+"""Around a run: fetching CIFAR-10, run identity (one directory, one run; names that follow the
+settings), values refused before any work, and errors a person can read."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from src import runs
+from src.config_check import ConfigError
+from src.data import load_cifar10, make_cifar10_archive, make_cifar10_fixture
+
+from .conftest import ROOT
+from .test_train import CONF, TINY, _env, train
+
+
+# ----------------------------------------------------------------------------- download
+@pytest.fixture
+def served_archive(tmp_path):
+    """A generated cifar-10-python.tar.gz in torchvision's exact format, served over HTTP on
+    localhost: (url, md5)."""
+    archive = make_cifar10_archive(tmp_path / "www" / "cifar-10-python.tar.gz", n_train=500, n_test=100)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{archive.name}", hashlib.md5(archive.read_bytes()).hexdigest()
+    server.shutdown()
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"  # nothing listens there now
+
+
+def test_archive_fixture_is_torchvisions_format(tmp_path):
+    """The generated archive reads with torchvision's own CIFAR10 class (its per-file checksums
+    aside), so the download test exercises the real format."""
+    import tarfile
+
+    import numpy as np
+    import torchvision
+
+    archive = make_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", n_train=50, n_test=20)
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+    assert names[0] == "cifar-10-batches-py" and "cifar-10-batches-py/data_batch_5" in names
+    assert "cifar-10-batches-py/batches.meta" in names and "cifar-10-batches-py/test_batch" in names
+    tarfile.open(archive).extractall(tmp_path, filter="data")
+
+    class Unchecked(torchvision.datasets.CIFAR10):  # the real files' MD5s cannot match generated ones
+        train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
+        meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+
+    tv = Unchecked(str(tmp_path), train=True)
+    ours = load_cifar10(tmp_path, download="false")
+    assert np.array_equal(tv.data, ours.train_x) and list(tv.targets) == ours.train_y.tolist()
+    assert tv.classes[0] == "airplane" and len(ours.test_x) == 20
+
+
+def test_download_fetches_verifies_and_reads(tmp_path, served_archive, capsys):
+    url, md5 = served_archive
+    root = tmp_path / "data" / "cifar10"
+    s = train(["+exp=cifar10/resnet20", f"data.root={root}", f"data.url={url}", f"data.md5={md5}",
+               "data.train_subset=200", "data.test_subset=100", "data.batch_size=50", "trainer.max_epochs=1",
+               "trainer.progress_bar=none", "structure.bn_recalib_batches=1"], tmp_path / "run")
+    out = capsys.readouterr().out
+    assert f"CIFAR-10 not found at {root.resolve()}: downloading {url} -> {root.resolve()}/cifar-10-python.tar.gz" in out
+    assert (root / "cifar-10-batches-py" / "data_batch_5").exists()
+    assert s["epochs"] == 1 and s["test_acc_decomposed"] is not None
+    # the second time the copy is there: nothing is fetched
+    a = load_cifar10(root, download="auto", url=_closed_port_url(), md5=md5)
+    assert a.train_x.shape == (500, 32, 32, 3) and a.source.startswith("torchvision:")
+
+
+def test_download_with_a_wrong_checksum_is_refused(tmp_path, served_archive):
+    url, _ = served_archive
+    with pytest.raises(FileNotFoundError, match=r"(?s)downloading it failed \(MD5 mismatch: expected 0+, got [0-9a-f]{32}\)"):
+        load_cifar10(tmp_path / "c", url=url, md5="0" * 32)
+    assert not (tmp_path / "c").exists()  # nothing half-done is left behind
+
+
+def test_offline_message_says_where_it_looked_and_what_to_do(tmp_path):
+    url = _closed_port_url()
+    with pytest.raises(FileNotFoundError) as e:
+        load_cifar10(tmp_path / "nowhere", url=url)
+    msg = str(e.value)
+    for part in (f"no CIFAR-10 at {tmp_path}/nowhere", f"downloading it failed", "cifar10_train.npz",
+                 "cifar-10-batches-py", "CIFAR_ROOT=/path/to/cifar10", "data.root=", "extract it into"):
+        assert part in msg, part
+
+
+def test_main_job_offline_stops_at_the_data_step_with_one_message(tmp_path):
+    """`make reproduce-cifar`'s driver on a machine without the data and without internet:
+    one clear message, no traceback, a non-zero exit."""
+    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--profile", "quick",
+                          "--data", str(tmp_path / "nodata"), "--runs", str(tmp_path / "runs"),
+                          f"data.url={_closed_port_url()}"],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text
+    assert "no CIFAR-10 at" in out.stderr and "CIFAR_ROOT=" in out.stderr
+    assert "[1/3]" in out.stdout and "[2/3]" not in out.stdout  # stops at the first failed run
+    assert "run 1 of 3 failed" in out.stderr
+    assert "Traceback" in (tmp_path / "runs" / "quick" / "resnet20" / "seed0" / "train.log").read_text()
+
+
+def test_one_name_for_the_data_root_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_ROOT", str(tmp_path / "from_env"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["+exp=cifar10/resnet20"])
+    assert cfg.data.root == str(tmp_path / "from_env")
+    assert "CIFAR10_ROOT" not in (CONF / "data" / "cifar10.yaml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "CIFAR_ROOT" in makefile and "shared" not in makefile
+
+
+# ----------------------------------------------------------------------------- run identity
+def _compose_with_hydra(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_default_run_name_changes_with_every_result_changing_setting():
+    names = {}
+    for extra in ([], ["structure.lam=0.1"], ["structure.lam=0.5"], ["trainer.max_epochs=15"],
+                  ["data.train_subset=100"], ["optim.lr=0.05"]):
+        cfg = _compose_with_hydra(["+exp=cifar10/struct_resnet20_a", *extra])
+        names[tuple(extra)] = cfg.run_name
+    assert names[()] == "cifar10/struct_resnet20_a/seed0"
+    assert names[("structure.lam=0.1",)] == "cifar10/struct_resnet20_a+structure.lam=0.1/seed0"
+    assert len(set(names.values())) == len(names), names
+    # where the data lives, the progress bar and the seed do not make a new configuration
+    cfg = _compose_with_hydra(["+exp=cifar10/struct_resnet20_a", "data.root=/x", "trainer.progress_bar=none", "seed=3"])
+    assert cfg.run_name == "cifar10/struct_resnet20_a/seed3"
+    long = _compose_with_hydra(["+exp=cifar10/struct_resnet20_a", "structure.lam=0.123456", "optim.lr=0.0123456",
+                                "trainer.max_epochs=17", "data.train_subset=12345", "optim.weight_decay=0.00012345"])
+    assert long.run_name.startswith("cifar10/struct_resnet20_a+h") and len(long.run_name) < 60
+    GlobalHydra.instance().clear()
+
+
+def test_config_hash_ignores_the_seed_and_the_data_location(tmp_path):
+    def ident(*overrides):
+        exp = [] if any(o.startswith("+exp=") for o in overrides) else ["+exp=cifar10/struct_resnet20_a"]
+        cfg = _compose_with_hydra([*exp, *overrides])
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return runs.identity(cfg)
+
+    base = ident()
+    assert runs.config_hash(base) == runs.config_hash(ident("seed=2", "data.root=/elsewhere"))
+    assert runs.config_hash(base, exclude_seed=False) != runs.config_hash(ident("seed=2"), exclude_seed=False)
+    for other in (["structure.lam=0.5"], ["trainer.max_epochs=7"], ["+exp=cifar10/struct_resnet20_b"]):
+        assert runs.config_hash(ident(*other)) != runs.config_hash(base), other
+    assert runs.diff(base, ident("structure.lam=0.5")) == ["structure.lam: 2.0 -> 0.5"]
+    GlobalHydra.instance().clear()
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_directory_is_one_run(tmp_path, cifar_npz):
+    run_dir = tmp_path / "a_run"
+    base = ["+exp=cifar10/struct_resnet20_a", f"data.root={cifar_npz}", *TINY, "trainer.max_epochs=1"]
+    first = train(base, run_dir)
+    before = _snapshot(run_dir)
+    # into the finished run, with other settings: refused, listing the keys, nothing changed
+    with pytest.raises(runs.RunDirError, match=r"(?s)holds a finished run with a different configuration.*"
+                                                r"model.name: 'struct_resnet20_a' -> 'struct_resnet20_b'.*"
+                                                r"structure.lam: 2.0 -> 0.5.*Nothing was changed on disk"):
+        train(["+exp=cifar10/struct_resnet20_b", "structure.lam=0.5", f"data.root={cifar_npz}", *TINY,
+               "trainer.max_epochs=1"], run_dir)
+    assert _snapshot(run_dir) == before
+    # the same settings (the data elsewhere, another progress bar) report the finished run
+    assert train([*base, "trainer.progress_bar=simple"], run_dir) == first
+    assert _snapshot(run_dir) == before
+    # an unfinished run (checkpoint, no summary): refused as well, its history untouched
+    (run_dir / "summary.json").unlink()
+    before = _snapshot(run_dir)
+    with pytest.raises(runs.RunDirError, match=r"(?s)holds an unfinished run.*refusing to resume.*"
+                                                r"trainer.max_epochs: 1 -> 2"):
+        train(["+exp=cifar10/struct_resnet20_a", f"data.root={cifar_npz}", *TINY], run_dir)
+    assert _snapshot(run_dir) == before
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs=-1: must be an integer >= 1"),
+    ("structure.lam=-1", "structure.lam=-1: must be a number >= 0"),
+    ("data.train_subset=0", "data.train_subset=0: must be an integer >= 1 or null"),
+    ("data.train_subset=-100", "data.train_subset=-100: must be an integer >= 1 or null"),
+    ("trainer.progress_bar=foo", "trainer.progress_bar='foo': must be one of rich, simple, none"),
+    ("structure.route=sideways", "structure.route='sideways': must be one of regularized, direct"),
+    ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
+    ("optim.lr=0", "optim.lr=0: must be a number > 0"),
+    ("optim.momentum=1.5", "optim.momentum=1.5: must be a number >= 0 and < 1"),
+    ("structure.bn_recalib=maybe", "structure.bn_recalib='maybe': must be true or false"),
+    ("data.download=sometimes", "data.download='sometimes': must be one of auto, true, false"),
+    ("optim.schedule=linear", "optim.schedule='linear': must be one of cosine, steps, poly, exp"),
+    ("seed=-3", "seed=-3: must be an integer >= 0"),
+])
+def test_nonsense_values_are_refused_before_any_work(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        train(["+exp=cifar10/struct_resnet20_a", f"data.root={tmp_path}/no_data_needed", override], run_dir)
+    assert not run_dir.exists()
+
+
+def test_all_problems_are_listed_at_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        train(["+exp=cifar10/resnet20", "trainer.max_epochs=0", "structure.lam=-1", "trainer.progress_bar=foo"],
+              tmp_path / "run")
+    assert str(e.value).count("\n  ") == 3
+
+
+def test_subset_larger_than_the_split_is_refused(tmp_path, cifar_npz):
+    with pytest.raises(ValueError, match=r"data.train_subset=5000: must be between 1 and 1000"):
+        train(["+exp=cifar10/resnet20", f"data.root={cifar_npz}", *TINY, "data.train_subset=5000"], tmp_path / "r")
+
+
+# ----------------------------------------------------------------------------- readable errors
+def _run_cli(args: list[str], tmp_path: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "src.train", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env={**_env(), **(env_extra or {})}, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["config", "model", "rule", "data"])
+def test_user_errors_print_one_message_without_a_traceback(tmp_path, cifar_npz, case):
+    args = {
+        "config": ["+exp=cifar10/resnet20", "trainer.max_epochs=0"],
+        "model": ["+exp=cifar10/resnet20", "model.name=resnet21", f"data.root={cifar_npz}"],
+        "rule": ["+exp=cifar10/resnet20", "structure=cifar_resnet_a", "structure.rules.0.n=7", f"data.root={cifar_npz}"],
+        "data": ["+exp=cifar10/resnet20", f"data.root={tmp_path}/nothing", "data.download=false"],
+    }[case]
+    out = _run_cli([*args, "trainer.progress_bar=none"], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr + out.stdout
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    expected = {"config": "trainer.max_epochs=0", "model": "unknown model 'resnet21'", "rule": "n=7",
+                "data": f"no CIFAR-10 at {tmp_path}/nothing"}[case]
+    assert expected in out.stderr, out.stderr
+    if case != "config":  # the run started: its log keeps the traceback
+        assert "Traceback" in (tmp_path / "run" / "train.log").read_text()
+    # the debug switch shows the traceback
+    debug = _run_cli([*args, "trainer.progress_bar=none"], tmp_path / "debug", {"HYDRA_FULL_ERROR": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_a_finished_run_says_where_everything_went(tmp_path, cifar_npz):
+    out = _run_cli(["+exp=cifar10/struct_resnet20_b", f"data.root={cifar_npz}", *TINY, "trainer.max_epochs=1"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for part in ("finished struct_resnet20_b", "trained", "projected", "decomposed", "x dense", "deploy.pt",
+                 "metrics.csv", str(tmp_path / "run")):
+        assert part in out.stdout, part
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert f"{s['test_acc_decomposed']:.2f}" in out.stdout
+
+
+def test_make_help_lists_the_targets():
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for target in ("test", "test-all", "reproduce-cifar", "tables", "bench", "install", "help"):
+        assert f"make {target}" in out.stdout, target
+
+
+def test_tables_help_describes_every_option():
+    out = subprocess.run([sys.executable, "-m", "src.tables", "--help"], cwd=ROOT, env=_env(), capture_output=True,
+                         text=True)
+    assert out.returncode == 0
+    for option in ("--runs", "--out", "--allow-dirty", "--quiet"):
+        assert option in out.stdout
+
+
+def test_fixture_layouts_load_identically(tmp_path):
+    npz = load_cifar10(make_cifar10_fixture(tmp_path / "a", "npz", 100, 30), download="false")
+    tv = load_cifar10(make_cifar10_fixture(tmp_path / "b", "torchvision", 100, 30), download="false")
+    assert (npz.train_x == tv.train_x).all() and (npz.test_y == tv.test_y).all()
+    assert npz.test_exact is not None and tv.test_exact is None
