@@ -26,7 +26,7 @@ help:                   ## list the targets
 	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: ~30 min on 2 CPU cores)"
 	@echo "make reproduce-imagenet DATA=dir  the ImageNet runs (GPU-sized)"
 	@echo "make reproduce-cityscapes DATA=dir the Cityscapes runs (GPU-sized)"
-	@echo "make tables [PROFILE=...]         tables and plots from runs/<profile> into results/<profile>"
+	@echo "make tables [PROFILE=...]         tables and plots from results/<profile>/runs into results/<profile>"
 	@echo "make complexity                   results/complexity.md (params / mults / adds of every model)"
 	@echo "make bench                        model-level speed benchmark -> results/speed.md (needs a quiet machine)"
 	@echo "make bench-core                   core benchmark -> results/bench_core.md"
@@ -61,8 +61,8 @@ reproduce-cifar: install
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --data $(CIFAR_ROOT) --runs $(RUNS)
 	$(MAKE) tables PROFILE=$(PROFILE)
 
-tables: install
-	$(PY) -m src.tables --runs $(RUNS)/$(PROFILE) --out results/$(PROFILE)
+tables: install          # from the collected run logs (committed under results/<profile>/runs)
+	$(PY) -m src.tables --runs results/$(PROFILE)/runs --out results/$(PROFILE) --quiet
 
 reproduce-imagenet: install
 	@test -n "$(DATA)" || { echo "usage: make reproduce-imagenet DATA=/path/to/imagenet (train/ and val/ folders)"; exit 2; }

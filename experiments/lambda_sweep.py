@@ -56,19 +56,37 @@ def table(runs: Path) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--runs", type=Path, default=Path("runs"))
+    from experiments.reproduce import collect
+    from src.provenance import check_results_dir
+
+    ap = argparse.ArgumentParser(prog="python -m experiments.lambda_sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="CIFAR-10 root (not needed with --table-only)")
+    ap.add_argument("--runs", type=Path, default=Path("runs"), help="runs go to <runs>/lambda_sweep/lam<value>")
+    ap.add_argument("--collect", type=Path, default=Path("results/lambda_sweep_runs"),
+                    help="each finished run's logs are copied to <collect>/lambda_sweep/lam<value>; the table is "
+                         "made from these copies (default: results/lambda_sweep_runs)")
     ap.add_argument("--out", type=Path, default=Path("results/lambda_sweep.md"))
+    ap.add_argument("--table-only", action="store_true", help="regenerate the table from the collected logs")
+    ap.add_argument("--allow-dirty", action="store_true", help="write into results/ from uncommitted code")
     args = ap.parse_args(argv)
+    check_results_dir(args.out.parent, args.allow_dirty)
+    if args.table_only:
+        args.out.write_text(table(args.collect))
+        print(f"wrote {args.out}")
+        return
+    if not args.data:
+        ap.error("--data is required to run the sweep")
     for lam in LAMBDAS:
         cmd = [sys.executable, "-m", "src.train", f"+exp=cifar10/{MODEL}", f"data.root={args.data}",
                f"data.train_subset={TRAIN_SUBSET}", f"trainer.max_epochs={EPOCHS}", f"structure.lam={lam}",
                "trainer.progress_bar=none", "model.channels_last=true", "profile=lambda_sweep", f"tag=_lam{lam:g}",
                f"hydra.run.dir={run_dir(args.runs, lam)}"]
         print(" ".join(cmd[2:]), flush=True)
-        subprocess.run(cmd, check=True)
-    text = table(args.runs)
+        code = subprocess.run(cmd).returncode
+        if code:
+            sys.exit(code)
+        collect(run_dir(args.runs, lam), run_dir(args.collect, lam))
+    text = table(args.collect)
     args.out.write_text(text)
     print(text)
 
