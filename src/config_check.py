@@ -134,6 +134,13 @@ def validate(cfg: DictConfig | dict) -> None:
     epochs, warmup = _get(c, "trainer.max_epochs"), _get(c, "optim.warmup_epochs")
     if _is_int(epochs) and _is_num(warmup) and epochs >= 1 and warmup >= epochs:
         problems.append(f"optim.warmup_epochs={warmup!r}: must be below trainer.max_epochs={epochs}")
+    crop = _get(c, "data.crop_size")
+    if crop is not _MISSING and not (isinstance(crop, list) and len(crop) == 2 and all(_is_int(v) and v >= 8 for v in crop)):
+        problems.append(f"data.crop_size={crop!r}: must be [height, width], integers >= 8")
+    scale = _get(c, "data.scale_range")
+    if scale is not _MISSING and not (isinstance(scale, list) and len(scale) == 2 and all(_is_num(v) for v in scale)
+                                      and 0 < scale[0] <= scale[1]):
+        problems.append(f"data.scale_range={scale!r}: must be [low, high] with 0 < low <= high")
     milestones = _get(c, "optim.milestones")
     if milestones is not _MISSING and (not isinstance(milestones, list) or not all(_is_num(m) and m > 0 for m in milestones)):
         problems.append(f"optim.milestones={milestones!r}: must be a list of positive epoch numbers")

@@ -323,3 +323,15 @@ def test_reproduce_collects_run_logs_and_tables_regenerate_from_them(tmp_path, c
     b = tables.write_tables(tmp_path / "runs" / "smoke", tmp_path / "t2")
     for p, q in zip(a, b):
         assert p.read_bytes() == q.read_bytes(), p.name
+
+
+def test_dataset_and_schedule_shapes_are_validated():
+    from src.config_check import validate
+
+    with pytest.raises(ConfigError) as e:
+        validate({"data": {"crop_size": [5, 10], "scale_range": [2, 1]}, "optim": {"milestones": [30, -1]},
+                  "trainer": {"max_epochs": 3}, "structure": {"lam": float("nan")}})
+    msg = str(e.value)
+    for part in ("data.crop_size=[5, 10]", "data.scale_range=[2, 1]", "optim.milestones=[30, -1]", "structure.lam=nan"):
+        assert part in msg, part
+    validate({"data": {"crop_size": [64, 128], "scale_range": [0.5, 2.0]}, "optim": {"milestones": [30, 60]}})
