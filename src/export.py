@@ -43,7 +43,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from src.deploy.artifact import FORMAT, default_preprocessing, from_checkpoint_dict
+from src.deploy.artifact import FORMAT, default_preprocessing, from_checkpoint_dict, state_dict_mismatch
 from src.models import create_model, get_entry
 from src.structured import decompose, project
 
@@ -78,20 +78,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if all(k.startswith("model.") for k in state):  # a LightningModule holding the net as .model
         state = {k[len("model."):]: v for k, v in state.items()}
     return state, meta
-
-
-def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    """Short description of how `state` fails to fit `model` ('' if it fits)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if items:
-            parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
-    return "; ".join(parts)
 
 
 def deploy_model(name: str | None, ckpt: str | Path | None = None, num_classes: int | None = None) -> nn.Module:
@@ -130,12 +116,12 @@ def load_for_export(name: str | None, ckpt: str | Path | None = None, num_classe
     model = create_model(name, num_classes=num_classes).eval()
     if state is None:
         return decompose(project(model)), info
-    train_form_error = _mismatch(model, state)
+    train_form_error = state_dict_mismatch(model, state)
     if not train_form_error:
         model.load_state_dict(state)
         return decompose(project(model)), info
     deployed = decompose(model, tol=math.inf)  # the same architecture in deploy form
-    if not _mismatch(deployed, state):
+    if not state_dict_mismatch(deployed, state):
         deployed.load_state_dict(state)
         return deployed, info
     raise ValueError(f"checkpoint {ckpt} does not fit model '{name}' (num_classes="

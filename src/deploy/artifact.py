@@ -185,7 +185,7 @@ def save_deploy(path: str | Path, model: nn.Module, *, model_name: str, route: s
 
 
 # ---------------------------------------------------------------------------------- loading
-def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
     """Short description of how `state` fails to fit `model` ('' if it fits)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -267,7 +267,7 @@ def from_checkpoint_dict(obj: Any, source: str | Path = "<dict>", map_location: 
     first_error = None
     for label, model in _architectures(name, num_classes, meta["model_kwargs"], meta["structure"],
                                        meta["recompose"]):
-        error = _mismatch(model, state)
+        error = state_dict_mismatch(model, state)
         if error:
             first_error = first_error or f"{label} form: {error}"
             continue
