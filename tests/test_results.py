@@ -1,0 +1,36 @@
+"""Every committed result table regenerates byte for byte from the committed run logs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from src import tables
+
+from .conftest import ROOT
+
+PROFILES = sorted(p.parent.name for p in (ROOT / "results").glob("*/runs") if p.is_dir())
+
+
+def test_there_are_committed_runs():
+    assert PROFILES, "results/<profile>/runs holds the logs the committed tables are made from"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_committed_tables_regenerate_identically(profile, tmp_path):
+    written = tables.write_tables(ROOT / "results" / profile / "runs", tmp_path)
+    assert written
+    for path in written:
+        committed = ROOT / "results" / profile / path.name
+        assert committed.exists(), f"{committed} is not committed"
+        assert path.read_bytes() == committed.read_bytes(), f"{committed} differs from what its logs give"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_committed_runs_come_from_clean_commits_and_hold_every_epoch(profile):
+    for summary in sorted((ROOT / "results" / profile / "runs").rglob("summary.json")):
+        s = json.loads(summary.read_text())
+        assert len(s["git_sha"]) == 40 and not s["git_sha"].endswith("-dirty"), summary
+        epochs = [int(line.split(",", 1)[0]) for line in (summary.parent / "metrics.csv").read_text().splitlines()[1:]]
+        assert epochs == list(range(s["epochs"])), summary  # every epoch exactly once
