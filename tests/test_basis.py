@@ -307,7 +307,9 @@ def test_constant_caches_filled_under_inference_mode_serve_autograd():
 
     import torch.nn.functional as F
 
-    from src.structured import DecomposedConv2d, SumPool, decompose, project, structural_residuals, sumpool
+    from src.deploy.tuning import CPU_SUM_POOL_POLICY
+    from src.structured import (DecomposedConv2d, SumPool, decompose, project, structural_residuals, sum_pool_policy,
+                                sumpool)
     from src.structured import basis
 
     basis._DEVICE_CACHE.clear()
@@ -324,7 +326,8 @@ def test_constant_caches_filled_under_inference_mode_serve_autograd():
     x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
     big = torch.randn(1, 16, 64, 64).to(memory_format=torch.channels_last)  # the ones-kernel path
     layers = [model[0], model[1], model[3]]
-    with torch.inference_mode():  # e.g. a validation pass before the first training step
+    # e.g. a validation pass of a deployed model before the first training step
+    with torch.inference_mode(), sum_pool_policy(CPU_SUM_POOL_POLICY):
         structural_loss(model), structural_residuals(model), model(x), dec(x), pool(x), SumPool(1, 2, 1)(big)
         project(copy.deepcopy(model))
         decompose(model, tol=float("inf"))(x)
@@ -374,3 +377,43 @@ def test_constant_caches_filled_under_inference_mode_serve_autograd():
     assert basis._DEVICE_CACHE and sumpool._ONES
     cached = [t for v in basis._DEVICE_CACHE.values() for t in (v if isinstance(v, tuple) else (v,))]
     assert not any(t.is_inference() for t in cached + list(sumpool._ONES.values()))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_residual_implementation_for_loss_and_logging(channels_last):
+    """The loss's forward and the no-grad residual (logging, relative_residual) are the same code:
+    equal bit for bit, in both kernel memory formats; the stacked form (batch_dims=1) and
+    residual_weight agree with them and with the dense projector."""
+    from src.structured.basis import layer_residuals, residual_weight
+
+    for full, inner in SPECS:
+        w = torch.randn(4, 3, *full, dtype=torch.float64)
+        if channels_last and len(full) == 3:
+            w = w.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, (4, 3))
+        # fresh tensors, like the trained ones below (BLAS rounding may depend on alignment)
+        values = [relative_residual(w[g].clone(), inner) for g in range(4)]
+        trained = layer_residuals([w[g].clone().requires_grad_(True) for g in range(4)], [inner] * 4).detach()
+        assert all(torch.equal(v, t) for v, t in zip(values, trained)), (full, inner)
+        stacked = relative_residual(w, inner, batch_dims=1)
+        assert stacked.shape == (4,) and (stacked - trained).abs().max() < 1e-12
+        q = dense_complement(full, inner)
+        r = residual_weight(w[0], inner)
+        assert (r.reshape(3, -1) - w[0].reshape(3, -1) @ q.T).abs().max() < 1e-12
+        assert abs(float(torch.linalg.vector_norm(r) / torch.linalg.vector_norm(w[0])) - float(values[0])) < 1e-12
+
+
+def test_axis_operators_are_named_and_kronecker_factors_match_dense():
+    """axis_operators' fields (box, pinv, projector) and the spatial factor the code applies are
+    the dense construction's pieces: B, pinv(B), B pinv(B), and kron over the two spatial axes."""
+    from src.structured.basis import _factor
+
+    ops = axis_operators(5, 2)
+    b = box_matrix(5, 2)
+    assert torch.equal(ops.box, b) and ops.box is ops[0]
+    assert rel_err(ops.pinv, torch.linalg.pinv(b)) < 1e-14 and rel_err(ops.projector, b @ torch.linalg.pinv(b)) < 1e-14
+    ref = torch.zeros(())
+    for kind in ("box", "pinv", "projector"):
+        spatial = _factor((3, 3), (2, 1), kind, ref.double())
+        dense = torch.kron(getattr(axis_operators(3, 2), kind), getattr(axis_operators(3, 1), kind))
+        assert torch.equal(spatial, dense), kind
+        assert _factor((3, 3), (3, 3), kind, ref) is None

@@ -1,12 +1,58 @@
-"""Sum-pooling against a plain loop over windows."""
+"""Sum-pooling against a plain loop over windows, in every exact form (each sum-pool policy)."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from src.structured import SumPool, sum_pool2d, window_sum
+from src.deploy.tuning import CPU_SUM_POOL_POLICY, CpuSumPoolPolicy
+from src.structured import (
+    SumPool,
+    SumPoolPolicy,
+    get_sum_pool_policy,
+    set_sum_pool_policy,
+    sum_pool2d,
+    sum_pool_policy,
+    window_sum,
+)
 
-from .conftest import rel_err
+from .conftest import ROOT, rel_err
+
+
+class Forced(SumPoolPolicy):
+    """Takes the given forms wherever they apply (the reference forms elsewhere), so every exact
+    form is checked, whichever a tuned policy would pick."""
+
+    def __init__(self, channel="doubling", pool2x2="padded", export="padded"):
+        self.channel, self.pool2x2, self.export = channel, pool2x2, export
+
+    def channel_form(self, x, window, groups):
+        return self.channel
+
+    def pool2x2_form(self, x, pads):
+        symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+        return self.pool2x2 if symmetric or self.pool2x2 not in ("avg_pool", "ones_conv") else "padded"
+
+    def export_form(self, kernel, pads):
+        return self.export
+
+
+POLICIES = {
+    "reference": SumPoolPolicy(),
+    "cpu": CPU_SUM_POOL_POLICY,
+    "cumsum+pair_adds": Forced("cumsum", "pair_adds"),
+    "avg_pool": Forced(pool2x2="avg_pool"),
+    "ones_conv": Forced(pool2x2="ones_conv"),
+}
+
+
+@pytest.fixture(params=list(POLICIES))
+def policy(request):
+    """Each test that takes it runs once per policy (per exact form), the previous policy restored."""
+    with sum_pool_policy(POLICIES[request.param]) as p:
+        yield p
 
 
 def loop_window_sum(x, dim, window, dilation=1):
@@ -48,7 +94,7 @@ def reference_sum_pool(x, cw, k, pad4, dil, groups):
         (5, 5, (4, 4), (6, 6, 6, 6), (1, 1), 1),  # padding larger than avg_pool2d allows
     ],
 )
-def test_sum_pool2d_matches_loop(ch, cw, k, pad4, dil, groups, channels_last):
+def test_sum_pool2d_matches_loop(ch, cw, k, pad4, dil, groups, channels_last, policy):
     x = torch.randn(2, ch, 9, 7, dtype=torch.float64)
     ref = reference_sum_pool(x, cw, k, pad4, dil, groups)
     if channels_last:
@@ -58,7 +104,7 @@ def test_sum_pool2d_matches_loop(ch, cw, k, pad4, dil, groups, channels_last):
     assert rel_err(out, ref) < 1e-13
 
 
-def test_sum_pool_is_exact_at_borders():
+def test_sum_pool_is_exact_at_borders(policy):
     # all-ones input, 2x2 window, padding 1: corners see one pixel, edges two, interior four
     out = sum_pool2d(torch.ones(1, 1, 3, 3), 1, 2, padding=1)
     expected = torch.tensor([[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]], dtype=torch.float32)
@@ -74,7 +120,7 @@ def test_sum_pool_bad_input():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("ch,cw,groups", [(64, 33, 1), (128, 49, 2), (96, 32, 1), (512, 257, 1)])
-def test_wide_channel_windows_float32_match_float64_loop(ch, cw, groups, channels_last):
+def test_wide_channel_windows_float32_match_float64_loop(ch, cw, groups, channels_last, policy):
     """Wide channel windows take the cumulative-sum path: float32 must stay within 1e-5 of the
     float64 loop reference (post-ReLU-like positive inputs, the worst case for cancellation)."""
     x64 = torch.rand(2, ch, 6, 5, dtype=torch.float64) * 3
@@ -87,7 +133,7 @@ def test_wide_channel_windows_float32_match_float64_loop(ch, cw, groups, channel
     assert float(((out.double() - ref).abs() / ref.abs()).max()) < 1e-5  # also elementwise
 
 
-def test_inference_and_autograd_paths_agree():
+def test_inference_and_autograd_paths_agree(policy):
     x = torch.randn(2, 16, 9, 7).to(memory_format=torch.channels_last)
     with torch.no_grad():
         fast = sum_pool2d(x, 5, 2, 1)
@@ -98,7 +144,7 @@ def test_inference_and_autograd_paths_agree():
 
 @pytest.mark.parametrize("pad", [0, 1, (1, 0), (0, 1)])
 @pytest.mark.parametrize("shape", [(1, 16, 32, 32), (3, 8, 5, 7), (1, 1, 4, 4)])
-def test_sum_pool_module_fast_path_matches_loop(pad, shape):
+def test_sum_pool_module_fast_path_matches_loop(pad, shape, policy):
     """SumPool's one-call 2 x 2 inference path (small channels_last inputs, no autograd) against
     the loop, in both memory formats and with autograd, so a wrong shortcut cannot hide."""
     pool = SumPool(1, 2, pad)
@@ -108,6 +154,80 @@ def test_sum_pool_module_fast_path_matches_loop(pad, shape):
     for inp in (x, x.to(memory_format=torch.channels_last), x.clone().requires_grad_(True)):
         out = pool(inp)
         assert out.shape == ref.shape and rel_err(out, ref) < 1e-12
-    assert pool._avg_pad == (ph, pw)
+        with torch.no_grad():  # the module's fast path is the functional path, bit for bit
+            assert torch.equal(pool(inp), sum_pool2d(inp, 1, 2, pad))
+    assert pool._pool2x2_pad == (ph, pw)
     with pytest.raises(ValueError, match="4-D"):
         pool(x[0])
+
+
+def test_policy_is_installed_restored_and_checked():
+    """The hook: set / get / context manager; a policy answer whose form does not apply raises
+    instead of computing something else."""
+    before = get_sum_pool_policy()
+    with sum_pool_policy(SumPoolPolicy()) as p:
+        assert get_sum_pool_policy() is p
+    assert get_sum_pool_policy() is before
+    with pytest.raises(TypeError):
+        set_sum_pool_policy("fast")
+    x = torch.randn(1, 4, 5, 5)
+    bad = type("Bad", (SumPoolPolicy,), {"pool2x2_form": lambda self, x, pads: "ones_conv",
+                                         "channel_form": lambda self, x, w, g: "scan"})()
+    with sum_pool_policy(bad), torch.no_grad():
+        with pytest.raises(ValueError, match="does not apply"):
+            sum_pool2d(x, 1, 2, (0, 1, 0, 1))  # asymmetric padding: no one-call form
+        with pytest.raises(ValueError, match="does not apply"):
+            sum_pool2d(x, 2, 1)  # unknown channel form
+
+
+def test_cpu_policy_choices():
+    """The CPU policy (src/deploy/tuning.py) picks the forms measured fastest: the thresholds,
+    and a replaced threshold, as documented there."""
+    p = CPU_SUM_POOL_POLICY
+    assert isinstance(p, CpuSumPoolPolicy) and isinstance(p, SumPoolPolicy)
+    sym, asym = (1, 1, 1, 1), (0, 1, 0, 1)
+    big = p.small_input
+    cl = torch.channels_last
+    assert p.channel_form(torch.empty(1, 64, 2, 2), p.cumsum_min_window - 1, 1) == "doubling"
+    assert p.channel_form(torch.empty(1, 64, 2, 2), p.cumsum_min_window, 1) == "cumsum"
+    few = torch.empty(4, 16, 32, 32).to(memory_format=cl)  # 16 channels, 65,536 elements
+    assert few.numel() >= big and p.pool2x2_form(few, sym) == "ones_conv"
+    assert p.pool2x2_form(few.double(), sym) == "avg_pool"  # the ones-kernel conv: float32 only
+    assert p.pool2x2_form(few[:1], sym) == "avg_pool"  # small input
+    assert p.pool2x2_form(torch.empty(1, 64, 32, 32).to(memory_format=cl), sym) == "avg_pool"
+    assert p.pool2x2_form(few, asym) == "pair_adds"
+    assert p.pool2x2_form(torch.empty(4, 16, 32, 32), sym) == "pair_adds"  # NCHW
+    assert p.pool2x2_form(torch.empty(1, 16, 32, 32), sym) == "padded"  # NCHW, small
+    assert p.pool2x2_form(torch.empty(64, 1024, 1, 1), sym) == "padded"  # one row
+    assert p.export_form((2, 2), sym) == "onnx_average_pool"
+    import dataclasses
+
+    tuned = dataclasses.replace(p, avgpool_min_channels=16)
+    assert tuned.pool2x2_form(few, sym) == "avg_pool" and p.pool2x2_form(few, sym) == "ones_conv"
+
+
+def test_core_never_imports_the_deploy_layer():
+    """src/structured consults the deployment tuning only through the policy hook."""
+    for path in sorted((ROOT / "src" / "structured").glob("*.py")):
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            level = getattr(node, "level", 0)
+            assert not any(n.startswith("src.deploy") or (level >= 2 and n.startswith("deploy")) for n in names), path
+
+
+def test_deploy_forms_of_a_decomposed_conv_agree_across_policies():
+    """A decomposed conv's output does not depend on the policy beyond rounding."""
+    from src.structured import StructuredConv2d, decompose
+
+    conv = StructuredConv2d(64, 8, 3, padding=1, inner_channels=16, inner_kernel_size=2).eval()
+    dec = decompose(conv, tol=float("inf"))
+    x = torch.randn(2, 64, 17, 19)
+    outs = {}
+    with torch.no_grad():
+        for name, pol in POLICIES.items():
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                with sum_pool_policy(pol):
+                    outs[name, fmt] = dec.to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+    ref = outs["reference", torch.contiguous_format]
+    assert all(rel_err(o, ref) < 1e-5 for o in outs.values())

@@ -4,9 +4,13 @@
     net = load_deploy("deploy.pt")         # DeployedModel: .model, .preprocess, .predict, .classify
     print(net.classify("image.png"))
 
-See src/deploy/artifact.py for the file format. Importing this package imports torch only.
+See src/deploy/artifact.py for the file format. The deployment tuning (src/deploy/tuning.py): the
+deploy plan ``plan_recompose``, the timer, and the CPU-tuned sum-pool policy, which importing this
+package installs into src.structured. Importing this package imports torch and src.structured only.
 """
 
 from .artifact import FORMAT, VERSION, DeployedModel, default_preprocessing, load_deploy, save_deploy
+from .tuning import CPU_SUM_POOL_POLICY, CpuSumPoolPolicy, plan_recompose, time_interleaved
 
-__all__ = ["FORMAT", "VERSION", "DeployedModel", "default_preprocessing", "load_deploy", "save_deploy"]
+__all__ = ["FORMAT", "VERSION", "DeployedModel", "default_preprocessing", "load_deploy", "save_deploy",
+           "plan_recompose", "time_interleaved", "CpuSumPoolPolicy", "CPU_SUM_POOL_POLICY"]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._util import is_channels_last
 from .basis import coefficients, compose, project_weight, relative_residual
 from .sumpool import FeatureSumPool, SumPool
 
@@ -33,10 +34,6 @@ __all__ = [
     "check_conv_structure",
     "check_linear_structure",
 ]
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
 def conv_padding4(conv: nn.Conv2d) -> tuple[int, int, int, int]:
@@ -145,7 +142,7 @@ class StructuredLayer:
             dense.weight.copy_(project_weight(w.detach().double(), self.inner_shape).to(w.dtype))
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
-        if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        if is_channels_last(w):
             dense = dense.to(memory_format=torch.channels_last)
         for name, p in dense.named_parameters():
             p.requires_grad_(getattr(self, name).requires_grad)
@@ -236,7 +233,7 @@ class StructuredConv2d(StructuredLayer, nn.Conv2d):
             dec.conv.weight.copy_(alpha)
             if self.bias is not None:
                 dec.conv.bias.copy_(self.bias)
-        if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        if is_channels_last(w):
             # keep a channels_last model channels_last: an NCHW alpha next to channels_last
             # activations costs a weight reorder per call (measured +15 % on ResNet-56 at batch 1)
             dec = dec.to(memory_format=torch.channels_last)

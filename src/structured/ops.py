@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import copy
-import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .basis import layer_residuals
 from .layers import DecomposedConv2d, DecomposedLinear, StructuredConv2d, StructuredLayer
-from .timing import time_interleaved
 
 __all__ = [
     "structured_layers",
@@ -20,7 +18,6 @@ __all__ = [
     "structural_residuals",
     "project",
     "decompose",
-    "plan_recompose",
     "DEPLOY_FORMS",
     "DECOMPOSE_TOLERANCE",
 ]
@@ -115,7 +112,7 @@ def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bo
     (convs only): sum-pool over space only, then an n x n conv over all input channels holding
     B(C, c) alpha, which keeps the spatial saving and skips the channel-window pass. The output
     is the same up to rounding; which form is fastest depends on the layer, input and hardware,
-    and :func:`plan_recompose` measures it.
+    and ``src.deploy.plan_recompose`` measures it (the deployment layer, src/deploy/tuning.py).
     """
     forms = dict(recompose) if isinstance(recompose, Mapping) else dict.fromkeys(recompose, "dense")
     bad = {n: f for n, f in forms.items() if f not in DEPLOY_FORMS}
@@ -144,58 +141,6 @@ def _check_names(forms: Mapping[str, str], known: Mapping[str, StructuredLayer])
         if form == "spatial" and not isinstance(known[name], StructuredConv2d):
             raise ValueError(f"decompose: layer '{name}' ({type(known[name]).__name__}) has no spatial axes; "
                              f"deploy form 'spatial' applies to convs only")
-
-
-def _forms_for(layer: StructuredLayer, forms: Sequence[str]) -> list[str]:
-    """The distinct deploy forms worth timing for `layer` ("spatial" only when it differs from both
-    others: a conv with channel and spatial structure)."""
-    out = [f for f in forms if f != "spatial"]
-    if "spatial" in forms and isinstance(layer, StructuredConv2d) \
-            and layer.inner_channels < layer.in_channels // layer.groups \
-            and layer.inner_kernel_size < layer.kernel_size[0]:
-        out.append("spatial")
-    return out
-
-
-@torch.no_grad()
-def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int = 15,
-                   margin: float = 0.05, forms: Sequence[str] = DEPLOY_FORMS) -> dict[str, str]:
-    """The deploy plan for ``decompose(module, recompose=plan)``: name -> form ("dense" or
-    "spatial") for the structured layers of `module` that run faster in that form than
-    decomposed, measured on this machine.
-
-    One forward pass of `example_input` records each structured layer's input; each layer is
-    then timed in each of `forms` on that input (interleaved, median of `reps` after warm-up, in
-    the input's memory format and the current thread setting). A layer leaves the decomposed
-    form only when another is faster by more than `margin` (a fraction), so measurement noise
-    leaves layers decomposed. The plan is specific to the input shape, hardware and backend it
-    was measured on (this is eager PyTorch; a compiler or ONNX Runtime fuses differently).
-    """
-    unknown = set(forms) - set(DEPLOY_FORMS)
-    if unknown or "decomposed" not in forms:
-        raise ValueError(f"plan_recompose: forms must include 'decomposed' and be among {DEPLOY_FORMS}, "
-                         f"got {tuple(forms)}")
-    inputs: dict[str, torch.Tensor] = {}
-    layers = dict(structured_layers(module))
-    handles = [layer.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0]))
-               for name, layer in layers.items()]
-    try:
-        module(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-    plan: dict[str, str] = {}
-    for name, x in inputs.items():
-        layer = layers[name]
-        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
-            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        candidates = _forms_for(layer, forms)
-        mods = [decompose(layer, tol=math.inf, recompose={"": f}).to(memory_format=fmt) for f in candidates]
-        times = dict(zip(candidates, time_interleaved([lambda m=m: m(x) for m in mods], reps=reps, warmup=2)))
-        best = min(times, key=times.get)
-        if best != "decomposed" and times[best] * (1 + margin) < times["decomposed"]:
-            plan[name] = best
-    return plan
 
 
 def is_decomposed_layer(m: nn.Module) -> bool:

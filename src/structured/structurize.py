@@ -27,10 +27,11 @@ import fnmatch
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from ._util import as_tuple
 from .layers import (
     StructuredConv2d,
     StructuredLayer,
@@ -113,16 +114,6 @@ def _resolve(spec, full: int) -> int | None:
     return None
 
 
-def _tuple(v, what: str, where: str) -> tuple | None:
-    if v is None:
-        return None
-    if isinstance(v, (str, int)):
-        return (v,)
-    if isinstance(v, Iterable):
-        return tuple(v)
-    raise ValueError(f"{where}: '{what}' must be a value or a list, got {v!r}")
-
-
 def parse_rules(rules) -> tuple[list[Rule], tuple[str, ...]]:
     """Rules from a list of mappings / Rule objects, a mapping {rules: [...], exclude: [...]}, or
     the path of a YAML file holding that mapping. Returns (rules, global excludes)."""
@@ -133,7 +124,7 @@ def parse_rules(rules) -> tuple[list[Rule], tuple[str, ...]]:
         unknown = set(rules) - {"rules", "exclude"}
         if unknown:
             raise ValueError(f"rule set: unknown top-level keys {sorted(unknown)} (valid: rules, exclude)")
-        exclude = _tuple(rules.get("exclude"), "exclude", "rule set") or ()
+        exclude = as_tuple(rules.get("exclude"), "exclude", "rule set") or ()
         rules = rules.get("rules") or []
     if isinstance(rules, (Rule, Mapping)):
         rules = [rules]
@@ -163,11 +154,11 @@ def parse_rules(rules) -> tuple[list[Rule], tuple[str, ...]]:
         channels = {}
         for key in ("in_channels", "out_channels"):
             v = r.get(key)
-            channels[key] = dict(v) if isinstance(v, Mapping) else _tuple(v, key, where)
+            channels[key] = dict(v) if isinstance(v, Mapping) else as_tuple(v, key, where)
         parsed.append(Rule(
-            type=kind, name=_tuple(r.get("name"), "name", where), exclude=_tuple(r.get("exclude"), "exclude", where) or (),
-            kernel_size=_tuple(r.get("kernel_size"), "kernel_size", where), stride=_tuple(r.get("stride"), "stride", where),
-            groups=_tuple(r.get("groups"), "groups", where), depthwise=r.get("depthwise"), c=r.get("c"), n=r.get("n"),
+            type=kind, name=as_tuple(r.get("name"), "name", where), exclude=as_tuple(r.get("exclude"), "exclude", where) or (),
+            kernel_size=as_tuple(r.get("kernel_size"), "kernel_size", where), stride=as_tuple(r.get("stride"), "stride", where),
+            groups=as_tuple(r.get("groups"), "groups", where), depthwise=r.get("depthwise"), c=r.get("c"), n=r.get("n"),
             optional=bool(r.get("optional", False)), index=i, **channels,
         ))
     return parsed, exclude
