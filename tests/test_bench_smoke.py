@@ -1,11 +1,13 @@
-"""The benchmark scripts run (their numbers are reported, never asserted)."""
+"""The benchmark scripts run (their numbers are reported, never asserted; the runs that time
+things are `slow`), and refuse to write into results/ from a dirty tree before timing anything."""
 
 import pytest
 
 from src import provenance
-from src.bench import core, models
+from src.bench import core, measure, models
 
 
+@pytest.mark.slow
 def test_core_benchmark_quick_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(provenance, "git_sha", lambda: "0123abc")  # (other commits may land meanwhile)
     out = tmp_path / "bench.md"
@@ -28,10 +30,10 @@ def _no_timing(*args, **kwargs):
 def dirty_tree(monkeypatch):
     """A tree with uncommitted changes (simulated), and any timing made to fail loudly."""
     monkeypatch.setattr(provenance, "git_sha", lambda: "0123456789abcdef-dirty")
-    monkeypatch.setattr(core, "layer_table", _no_timing)
+    monkeypatch.setattr(core, "measure_layers", _no_timing)
     monkeypatch.setattr(core, "time_interleaved", _no_timing)
-    monkeypatch.setattr(models, "model_rows", _no_timing)
-    monkeypatch.setattr(models, "time_interleaved", _no_timing)
+    monkeypatch.setattr(measure, "measure_model", _no_timing)
+    monkeypatch.setattr(measure, "time_interleaved", _no_timing)
 
 
 @pytest.mark.parametrize("bench", ["core", "models"])
@@ -59,3 +61,27 @@ def test_benchmarks_write_anywhere_else_from_a_dirty_tree(dirty_tree, tmp_path):
         core.main(["--quick", "--threads", "1", "--malloc", "default", "--out", str(tmp_path / "b.md")])
     with pytest.raises(_TimingStarted):
         models.main(["--quick", "--threads", "1", "--malloc", "default", "--out", str(tmp_path / "s.md")])
+
+
+def test_core_report_layout_from_recorded_measurements(tmp_path, capsys, monkeypatch):
+    """core.main end to end with its measurements replaced by recorded data (the layout
+    test_core_benchmark_quick_run checks, without timing)."""
+    monkeypatch.setattr(provenance, "git_sha", lambda: "0123abc")
+    monkeypatch.setattr(core, "measure_layers", lambda reps, layers: [
+        core.LayerRow(C, hw, b, c, f, 1e-3, 0.6e-3, 0.3) for C, hw, b in layers for c in (C, C // 2)
+        for f in ("NCHW", "channels_last")])
+    monkeypatch.setattr(core, "measure_loss_overhead",
+                        lambda batch, reps: core.LossOverhead(batch, 27, 0.1, 0.104, 0.002))
+    out = tmp_path / "bench.md"
+    core.main(["--quick", "--threads", "1", "--malloc", "default", "--out", str(out)])
+    text = out.read_text()
+    assert "| 16 | 32x32 |" in text and "structural_loss overhead" in text
+    assert "code at git `0123abc`" in text
+    assert "time ratio" in capsys.readouterr().out
+    assert text.startswith("## Core benchmark\n\nMachine: ")
+    assert "Command: `python -m src.bench.core --quick --threads 1 --malloc default --out " in text
+    assert "| 16 | 32x32 | 32 | 8 | NCHW | 1.000 | 0.600 | 0.60 | 0.30 |" in text
+    assert "27 structured 3x3 convs (c = C/2, n = 2), batch 16, SGD step" in text
+    assert "| task loss + lambda * structural_loss | 104.0 | +4.0 % |" in text
+    assert "| structural_loss forward + backward alone | 2.00 | 2.0 % of the step |" in text
+    assert text.endswith(" % of the step |\n")

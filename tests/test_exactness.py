@@ -1,14 +1,30 @@
-"""decompose(layer) == the dense conv / linear with the projected kernel (docs/method.md sections 2 and 6)."""
+"""decompose(layer) == the dense conv / linear with the projected kernel (docs/method.md sections 2 and 6);
+every deploy form (decomposed, "spatial", "dense") and the deploy plan that picks among them compute
+the same function; the fast sum-pool paths the deployed models take are exact."""
 
+import copy
 import itertools
+import sys
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from src.structured import DecomposedConv2d, DecomposedLinear, StructuredConv2d, StructuredLinear, decompose
+from src.models import create_model
+from src.structured import (
+    DecomposedConv2d,
+    DecomposedLinear,
+    StructuredConv2d,
+    StructuredLinear,
+    decompose,
+    project,
+    sumpool,
+)
+from src.structured.ops import plan_recompose
 
 from .conftest import rel_err
+from .test_sumpool import reference_sum_pool
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -193,3 +209,130 @@ def test_dense_recompose_is_a_plain_layer(channels_last):
     assert type(single) is nn.Conv2d and not single.training and single.weight.requires_grad
     with torch.no_grad():
         assert rel_err(single(x), decompose(layer)(x)) <= 1e-12
+
+
+# ------------------------------------------------------------------ deploy forms and the deploy plan
+def _scripted_timer(monkeypatch, faster):
+    """Replace the timer plan_recompose measures with: run every candidate once (they must agree:
+    the forms are one function), then report decomposed = 1.0 and the other form `faster(out)`,
+    where `out` is the layer's output. Called with two forms, decomposed first, so that the
+    candidates are [decomposed, other]."""
+
+    def timer(fns, reps=20, warmup=3, min_time=0.0):
+        outs = [fn() for fn in fns]
+        assert len(outs) == 2
+        assert rel_err(outs[1], outs[0]) <= 1e-5
+        return [1.0, faster(outs[0])]
+
+    # wherever plan_recompose lives, the timer it calls is its module's `time_interleaved`
+    monkeypatch.setattr(sys.modules[plan_recompose.__module__], "time_interleaved", timer)
+
+
+def test_deploy_plan_rows_time_the_same_function(monkeypatch):
+    model = project(create_model("struct_resnet20_a").eval())
+    x = torch.randn(2, 3, 32, 32)
+    every = [name for name, m in model.named_modules() if isinstance(m, StructuredConv2d)]
+    width = {n: model.get_submodule(n).out_channels for n in every}
+    # the plan follows the measurements: dense 2x faster at 16 channels -> re-composed; 3 % faster
+    # at 32 (inside the 5 % margin) and slower at 64 -> left decomposed
+    _scripted_timer(monkeypatch, lambda out: {16: 0.5, 32: 0.97}.get(out.shape[1], 2.0))
+    plan = plan_recompose(model, x, reps=1, forms=("decomposed", "dense"))
+    expected = {n: "dense" for n in every if width[n] == 16}
+    assert expected and len(expected) < len(every)
+    assert plan == expected
+    half = every[::2]
+    mixed = decompose(model, recompose=half)  # re-composed layers: one conv, the projected 3x3 kernel
+    for n in every:
+        layer = mixed.get_submodule(n)
+        if n in half:
+            assert isinstance(layer, torch.nn.Conv2d) and not isinstance(layer, DecomposedConv2d), n
+            assert layer.kernel_size == (3, 3), n
+        else:
+            assert isinstance(layer, DecomposedConv2d), n
+    with torch.no_grad():
+        assert rel_err(mixed(x), decompose(model)(x)) <= 1e-5
+        assert rel_err(decompose(model, recompose=plan)(x), decompose(model)(x)) <= 1e-5
+    with pytest.raises(ValueError, match="no structured layer"):
+        decompose(model, recompose=["fc"])
+    with pytest.raises(ValueError, match="exclude each other"):
+        decompose(model, recompose=half, reinit=True)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("cw,groups,pad4", [(1, 1, (1, 1, 1, 1)), (1, 1, (0, 1, 0, 1)), (3, 2, (1, 0, 1, 0)),
+                                            (40, 1, (0, 0, 0, 0)), (33, 2, (1, 1, 1, 1))])  # cw >= 32: cumsum
+def test_sum_pool_fast_paths_are_exact(cw, groups, pad4, channels_last):
+    """The inference paths the benchmark times (add passes into a preallocated output on inputs
+    of >= SMALL_INPUT elements, cumulative-sum channel windows) against a loop over every tap,
+    and the autograd path on the same input."""
+    x = torch.randn(2, 80, 45, 47, dtype=torch.float64)
+    ref = reference_sum_pool(x, cw, (2, 2), pad4, (1, 1), groups)
+    assert ref.numel() >= sumpool.SMALL_INPUT  # (the channel window shrinks the tensor first)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    pool = sumpool.SumPool(cw, 2, pad4, 1, groups)
+    with mock.patch.object(sumpool, "_pair_sum", wraps=sumpool._pair_sum) as pair_sum:
+        out = pool(x)
+    symmetric = pad4[0] == pad4[1] and pad4[2] == pad4[3]
+    # one add pass per spatial axis, except channels_last symmetric (one avg_pool2d / depthwise call)
+    assert pair_sum.call_count == (0 if channels_last and symmetric else 2)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-13
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x.requires_grad_(True)
+    with mock.patch.object(sumpool, "_pair_sum", wraps=sumpool._pair_sum) as pair_sum:
+        trained = pool(x)
+    assert pair_sum.call_count == 0 and rel_err(trained, ref) < 1e-13  # autograd: pads and adds
+    trained.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("channels", [16, 48, 64, 96])
+def test_channels_last_2x2_pool_paths_float32(channels):
+    """The channels_last 2 x 2 inference paths in float32 (depthwise ones-kernel conv below
+    AVGPOOL_MIN_CHANNELS, avg_pool2d from it on, avg_pool2d for small inputs) against the float64
+    loop; and the module fast path equals the functional one."""
+    for batch in (1, 8):
+        x = torch.randn(batch, channels, 33, 31, dtype=torch.float64)
+        ref = reference_sum_pool(x, 1, (2, 2), (1, 1, 1, 1), (1, 1), 1)
+        xc = x.float().to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out = sumpool.sum_pool2d(xc, 1, 2, 1)
+            assert torch.equal(sumpool.SumPool(1, 2, 1)(xc), out)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert out.shape == ref.shape and rel_err(out.double(), ref) < 1e-6
+
+
+def test_deploy_forms_are_exact_and_validated(monkeypatch):
+    """Every deploy form of a channel- and space-structured model computes the same function;
+    the spatial form holds B(C, c) alpha over all channels; bad forms name the layer; the deploy
+    plan moves exactly the layers measured faster in the spatial form."""
+    model = project(create_model("struct_resnet20_b").eval()).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    names = [name for name, m in model.named_modules() if isinstance(m, StructuredConv2d)]
+    ref = decompose(model)
+    with torch.no_grad():
+        y = ref(x)
+        for form in ("spatial", "dense"):
+            other = decompose(model, recompose={n: form for n in names})
+            assert rel_err(other(x), y) < 1e-12, form
+    spatial = decompose(model, recompose={names[0]: "spatial"})
+    layer = spatial.get_submodule(names[0])
+    assert isinstance(layer, DecomposedConv2d) and layer.pool.channel_window == 1
+    assert layer.conv.weight.shape[1] == model.get_submodule(names[0]).in_channels  # all channels
+    with pytest.raises(ValueError, match="unknown deploy form"):
+        decompose(model, recompose={names[0]: "sparse"})
+    lin = torch.nn.Sequential(StructuredLinear(8, 4, inner_features=3))
+    with pytest.raises(ValueError, match="'0'.*no spatial axes"):
+        decompose(lin, recompose={"0": "spatial"})
+    # the real timer: whatever it measured here, its plan is one decompose takes, and exact
+    f32 = copy.deepcopy(model).float()
+    measured = plan_recompose(f32, x.float(), reps=1)
+    assert set(measured) <= set(names) and set(measured.values()) <= {"spatial", "dense"}
+    with torch.no_grad():
+        assert rel_err(decompose(model, recompose=measured)(x), y) < 1e-12
+    # scripted measurements: the spatial form 2x faster on the 64-channel layers only
+    _scripted_timer(monkeypatch, lambda out: 0.5 if out.shape[1] == 64 else 1.5)
+    plan = plan_recompose(f32, x.float(), reps=1, forms=("decomposed", "spatial"))
+    expected = {n: "spatial" for n in names if model.get_submodule(n).out_channels == 64}
+    assert expected and len(expected) < len(names)
+    assert plan == expected

@@ -1,16 +1,22 @@
 """The model zoo: every registered name builds, trains, decomposes exactly and is counted."""
 
+import fnmatch
+import io
 import math
+import os
+from importlib import resources
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+import yaml
 from torch import nn
 
-from src.models import create_model, get_entry, list_models
+from src.models import create_model, get_entry, list_models, load_structure
 from src.structured import StructuredLayer, complexity, decompose, project
 
-from .conftest import rel_err
+from .conftest import ROOT, rel_err
 from .test_structurize import randomize_bn
 
 ALL = list_models()
@@ -143,3 +149,71 @@ def test_bad_rule_files_name_the_rule_and_layer(tmp_path):
     impossible.write_text("rules:\n  - {kernel_size: 3, c: 20, n: 2}\n")
     with pytest.raises(ValueError, match=r"rule 0 .*: layer 'conv1' \(Conv2d\): inner_channels c=20 violates"):
         create_model("resnet20", structure=impossible)
+
+
+# ------------------------------------------------------------------ rule sets: package data
+def _packaged_rule_files() -> dict[str, str]:
+    rules = resources.files("src.models") / "rules"
+    return {f.name: f.read_text(encoding="utf-8") for f in rules.iterdir() if f.name.endswith(".yaml")}
+
+
+def _needed_rule_files() -> set[str]:
+    return {f"{e.family}_{e.variant}.yaml" for e in map(get_entry, ALL) if e.variant}
+
+
+def test_rule_sets_are_package_data_with_identical_hydra_twins():
+    """Each registered variant's rule set is packaged (src/models/rules/, what create_model reads);
+    conf/structure/ (the Hydra group, structure=<name>) holds the same files, byte for byte."""
+    packaged = _packaged_rule_files()
+    assert set(packaged) == _needed_rule_files() and len(packaged) == 10
+    hydra = {f.name for f in (ROOT / "conf" / "structure").glob("*.yaml")} - {"none.yaml"}
+    assert hydra == set(packaged)
+    for name, text in packaged.items():
+        assert (ROOT / "conf" / "structure" / name).read_text(encoding="utf-8") == text, (
+            f"conf/structure/{name} differs from src/models/rules/{name}: edit both "
+            f"(cp src/models/rules/{name} conf/structure/{name})")
+
+
+def test_pyproject_ships_the_rule_sets():
+    """A non-editable install (pip install .) carries src/models/rules/*.yaml: pyproject.toml's
+    package data covers every packaged rule file, and its package list holds src.models."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["package-data"]["src.models"]
+    for name in _packaged_rule_files():
+        assert any(fnmatch.fnmatch(f"rules/{name}", pat) for pat in patterns), name
+    assert any(fnmatch.fnmatch("src.models", pat) for pat in setuptools["packages"]["find"]["include"])
+    assert (ROOT / "src" / "models" / "__init__.py").is_file()  # a regular package: package-data applies
+
+
+def test_rule_sets_load_without_the_repository_conf(tmp_path, monkeypatch):
+    """As from an installed package: elsewhere, with every read under the repository's conf/
+    refused, every rule set loads (importlib.resources) and every structured family builds."""
+    conf = (ROOT / "conf").resolve()
+    real_open = io.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)):
+            path = Path(os.fsdecode(file)).resolve()
+            assert conf != path and conf not in path.parents, f"read {path} from the repository's conf/"
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", guarded_open)  # pathlib and importlib.resources read through io.open
+    monkeypatch.setattr("builtins.open", guarded_open)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AssertionError, match="from the repository's conf/"):  # (the guard works)
+        (ROOT / "conf" / "structure" / "resnet_a.yaml").read_text()
+    first = {}  # (family, variant) -> the first model name using it
+    for name in ALL:
+        e = get_entry(name)
+        if e.variant:
+            first.setdefault((e.family, e.variant), name)
+    assert len(first) == 10
+    for (family, variant), name in sorted(first.items()):
+        rules = load_structure(family, variant)
+        assert rules["rules"], (family, variant)
+        assert rules == yaml.safe_load(_packaged_rule_files()[f"{family}_{variant}.yaml"])
+        assert any(isinstance(m, StructuredLayer) for m in create_model(name).modules()), name

@@ -6,19 +6,25 @@ small conv against the dense conv it replaces, per layer, NCHW and channels_last
 
 Everything is measured side by side in this process (see src/bench/timing.py) and printed as
 markdown (and written to --out when given, headed by the code's git commit); no numbers are
-asserted. Into the repository's results/ it writes only from committed code (src/provenance.py):
-with uncommitted changes to tracked files it refuses before timing anything, unless --allow-dirty.
+asserted. The measurements here return data (:class:`LayerRow`, :class:`LossOverhead`);
+src/bench/report.py renders them. Into the repository's results/ it writes only from committed
+code (src/provenance.py): with uncommitted changes to tracked files it refuses before timing
+anything, unless --allow-dirty.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-# transparent huge pages for PyTorch's CPU allocator, as in `python -m src.bench` (effective only
-# when this module runs before torch is first imported, i.e. as `python -m src.bench.core`)
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+if __name__ == "__main__":
+    # transparent huge pages for PyTorch's CPU allocator, as in `python -m src.bench`: read once by
+    # c10 when torch starts, so set before torch is imported, and only when run as a script
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -28,17 +34,58 @@ from src import provenance  # noqa: E402
 from src.models.cifar_resnet import cifar_resnet  # noqa: E402
 from src.structured import StructuredConv2d, complexity, decompose, structural_loss, structurize  # noqa: E402
 
-from .timing import configure_allocator, huge_pages_label, machine_label, time_interleaved  # noqa: E402
+from . import report  # noqa: E402
+from .timing import (  # noqa: E402
+    configure_allocator,
+    huge_pages_label,
+    machine_label,
+    seeded,
+    time_interleaved,
+    torch_threads,
+)
+
+# (C, H = W, batch): CIFAR stages, then ImageNet ResNet stages
+LAYERS = [(16, 32, 32), (32, 16, 32), (64, 8, 32), (64, 56, 4), (128, 28, 4), (256, 14, 4), (512, 7, 4)]
 
 
-def loss_overhead(batch: int, reps: int, lam: float = 1e-2) -> str:
-    torch.manual_seed(0)
+@dataclass(frozen=True)
+class LossOverhead:
+    """Median seconds of a CIFAR ResNet-56 SGD step (channels_last) with and without the
+    structural loss, and of the structural loss's forward + backward alone."""
+
+    batch: int
+    structured_layers: int
+    plain_s: float
+    reg_s: float
+    loss_alone_s: float
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One 3x3 conv (C -> C, stride 1, pad 1) against its decomposition (c inner channels, n = 2)."""
+
+    channels: int
+    hw: int
+    batch: int
+    inner_channels: int
+    memory_format: str  # "NCHW" or "channels_last"
+    dense_s: float
+    dec_s: float
+    mac_ratio: float
+
+
+def measure_loss_overhead(batch: int, reps: int, lam: float = 1e-2) -> LossOverhead:
+    with seeded(0):
+        return _measure_loss_overhead(batch, reps, lam)
+
+
+def _measure_loss_overhead(batch: int, reps: int, lam: float) -> LossOverhead:
     model = cifar_resnet(56)
     structurize(model, [{"kernel_size": 3, "c": 0.5, "n": 2}], exclude=["conv1"])
-    n_layers = sum(isinstance(m, StructuredConv2d) for m in model.modules())
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
+    n_layers = sum(isinstance(m, StructuredConv2d) for m in model.modules())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model = model.to(memory_format=torch.channels_last).train()
 
     def step(with_reg: bool):
@@ -54,50 +101,41 @@ def loss_overhead(batch: int, reps: int, lam: float = 1e-2) -> str:
         (lam * structural_loss(model)).backward()
 
     plain, reg, only = time_interleaved([lambda: step(False), lambda: step(True), reg_only], reps=reps)
-    return "\n".join([
-        f"### (a) structural_loss overhead: CIFAR ResNet-56, {n_layers} structured 3x3 convs "
-        f"(c = C/2, n = 2), batch {batch}, SGD step, channels_last",
-        "",
-        "| step | median ms | overhead |",
-        "|---|---:|---:|",
-        f"| task loss only | {plain * 1e3:.1f} | |",
-        f"| task loss + lambda * structural_loss | {reg * 1e3:.1f} | {100 * (reg / plain - 1):+.1f} % |",
-        f"| structural_loss forward + backward alone | {only * 1e3:.2f} | {100 * only / plain:.1f} % of the step |",
-    ])
+    return LossOverhead(batch, n_layers, plain, reg, only)
 
 
-# (C, H = W, batch): CIFAR stages, then ImageNet ResNet stages
-LAYERS = [(16, 32, 32), (32, 16, 32), (64, 8, 32), (64, 56, 4), (128, 28, 4), (256, 14, 4), (512, 7, 4)]
+def _measure_layer(C: int, hw: int, batch: int, c: int, reps: int) -> list[LayerRow]:
+    layer = StructuredConv2d(C, C, 3, padding=1, bias=False, inner_channels=c, inner_kernel_size=2)
+    layer.project_()
+    dense = nn.Conv2d(C, C, 3, padding=1, bias=False)
+    dense.weight.data.copy_(layer.weight.data)
+    dec = decompose(layer)
+    cost = complexity(layer, (C, hw, hw))
+    mac_ratio = cost.mults_decomposed / cost.mults
+    rows = []
+    for fmt in ("NCHW", "channels_last"):
+        mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        x = torch.randn(batch, C, hw, hw).to(memory_format=mf)
+        d, p = dense.to(memory_format=mf), dec.to(memory_format=mf)
+        with torch.inference_mode():
+            t_dense, t_dec = time_interleaved([lambda: d(x), lambda: p(x)], reps=reps, min_time=0.2)
+        rows.append(LayerRow(C, hw, batch, c, fmt, t_dense, t_dec, mac_ratio))
+    return rows
+
+
+def measure_layers(reps: int, layers=LAYERS) -> list[LayerRow]:
+    """Each (C, H = W, batch) of `layers` at c = C and c = C/2, NCHW and channels_last."""
+    rows = []
+    for C, hw, batch in layers:
+        for c in (C, C // 2):
+            with seeded(0):
+                rows += _measure_layer(C, hw, batch, c, reps)
+    return rows
 
 
 def layer_table(reps: int, layers=LAYERS) -> str:
-    rows = [
-        "### (b) one 3x3 conv (C -> C, stride 1, pad 1) vs SumPool + small conv (n = 2)",
-        "",
-        "| C | HxW | batch | c | format | dense ms | decomposed ms | time ratio | MAC ratio |",
-        "|---:|---|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for C, hw, batch in layers:
-        for c in (C, C // 2):
-            torch.manual_seed(0)
-            layer = StructuredConv2d(C, C, 3, padding=1, bias=False, inner_channels=c, inner_kernel_size=2)
-            layer.project_()
-            dense = nn.Conv2d(C, C, 3, padding=1, bias=False)
-            dense.weight.data.copy_(layer.weight.data)
-            dec = decompose(layer)
-            cost = complexity(layer, (C, hw, hw))
-            mac_ratio = cost.mults_decomposed / cost.mults
-            for fmt in ("NCHW", "channels_last"):
-                mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-                x = torch.randn(batch, C, hw, hw).to(memory_format=mf)
-                d, p = dense.to(memory_format=mf), dec.to(memory_format=mf)
-                with torch.inference_mode():
-                    t_dense, t_dec = time_interleaved([lambda: d(x), lambda: p(x)], reps=reps, min_time=0.2)
-                rows.append(
-                    f"| {C} | {hw}x{hw} | {batch} | {c} | {fmt} | {t_dense * 1e3:.3f} | {t_dec * 1e3:.3f} "
-                    f"| {t_dec / t_dense:.2f} | {mac_ratio:.2f} |"
-                )
-    return "\n".join(rows)
+    """The per-layer table (b), measured and rendered."""
+    return report.core_layer_table(measure_layers(reps, layers))
 
 
 def main(argv=None) -> None:
@@ -118,21 +156,20 @@ def main(argv=None) -> None:
         except provenance.DirtyTreeError as e:
             ap.error(str(e))
     sha = provenance.git_sha()
-    allocator = f"{configure_allocator(args.malloc)}; {huge_pages_label()}"
-    torch.set_num_threads(args.threads)
+    allocator = f"{configure_allocator(args.malloc)}; {huge_pages_label()}"  # process-wide (timing.py)
     reps = 3 if args.quick else args.reps
-    report = "\n\n".join([
-        f"## Core benchmark\n\nMachine: {machine_label()}; {allocator}. Command: "
-        f"`python -m src.bench.core {' '.join(argv if argv is not None else sys.argv[1:])}`; code at git "
-        f"`{sha}`. "
-        "Median of interleaved repetitions; time ratio = decomposed / dense.",
-        layer_table(reps, LAYERS[:1] if args.quick else LAYERS),
-        loss_overhead(16 if args.quick else args.batch, max(3, reps // 2)),
-    ])
-    print(report)
+    with torch_threads(args.threads):
+        info = report.RunInfo(
+            command=f"python -m src.bench.core {' '.join(argv if argv is not None else sys.argv[1:])}",
+            when=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            sha=sha, machine=machine_label(), allocator=allocator)
+        layers = measure_layers(reps, LAYERS[:1] if args.quick else LAYERS)
+        overhead = measure_loss_overhead(16 if args.quick else args.batch, max(3, reps // 2))
+    text = report.core_report(info, layers, overhead)
+    print(text)
     if args.out:
         with open(args.out, "w") as f:
-            f.write(report + "\n")
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,62 @@
-"""Benchmark setup: allocator settings, machine labels, and the interleaved timer (defined in
-src/structured/timing.py, which plan_recompose also uses)."""
+"""Benchmark setup: the process settings a measurement runs under, machine labels, and the
+interleaved timer (defined in src/structured/timing.py, which plan_recompose also uses).
+
+Every setting a benchmark changes is changed for the duration of a ``with`` block and restored
+after it: :func:`torch_threads` (intra-op threads), :func:`inductor_freezing`
+(``torch._inductor.config.freezing``), :func:`seeded` (the global RNG). Two settings are
+process-wide and are not undone, by nature:
+
+- :func:`configure_allocator` ("tuned"): glibc's ``mallopt`` has no getter, and setting
+  ``M_MMAP_THRESHOLD`` switches off glibc's dynamic threshold for good, so the previous state
+  cannot be restored. The benchmark command lines call it once, first; it is idempotent.
+- ``THP_MEM_ALLOC_ENABLE`` (transparent huge pages for PyTorch's CPU allocator): read once by c10
+  when torch starts, so it is set before torch is imported, by ``python -m src.bench`` /
+  ``python -m src.bench.core`` only (never on import of these modules).
+"""
 
 from __future__ import annotations
 
+import os
 import platform
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
 from src.structured.timing import time_interleaved  # noqa: F401  (re-exported for the benchmarks)
+
+__all__ = ["time_interleaved", "configure_allocator", "huge_pages_label", "machine_label", "torch_threads",
+           "inductor_freezing", "seeded"]
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` inside the block, the previous count after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def inductor_freezing(enabled: bool = True) -> Iterator[None]:
+    """``torch._inductor.config.freezing`` (weights constant-folded into the compiled graph, as for
+    CPU inference) inside the block, its previous value after it. Compilation happens lazily, at
+    the first call, so the compiled model must also be first called inside the block."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=enabled):
+        yield
+
+
+@contextmanager
+def seeded(seed: int = 0) -> Iterator[None]:
+    """torch's global CPU RNG seeded with `seed` inside the block, its previous state after it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def configure_allocator(mode: str) -> str:
@@ -15,7 +64,10 @@ def configure_allocator(mode: str) -> str:
     M_TRIM_THRESHOLD = 1 GiB). glibc's default hands large freed blocks back to the OS, so every
     large tensor allocation page-faults again; on this CPU that alone slowed small convs and
     memory-bound sums by up to 3x, hiding the compute being measured. jemalloc / tcmalloc (the
-    allocators PyTorch's CPU tuning guides recommend) behave like 'tuned'. 'default': leave it."""
+    allocators PyTorch's CPU tuning guides recommend) behave like 'tuned'. 'default': leave it.
+
+    Process-wide and permanent (see the module's docstring): a tuned allocator stays tuned for
+    the rest of the process. Returns the label the reports print."""
     if mode == "default":
         return "glibc malloc (default settings)"
     import ctypes
@@ -30,8 +82,6 @@ def configure_allocator(mode: str) -> str:
 def huge_pages_label() -> str:
     """Whether PyTorch's CPU allocator asks for transparent huge pages (THP_MEM_ALLOC_ENABLE, read
     once by c10 when torch starts) and the kernel's THP mode."""
-    import os
-
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             mode = f.read().split("[", 1)[1].split("]", 1)[0]

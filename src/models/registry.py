@@ -3,8 +3,11 @@
 Dense models are registered with ``@register_model(family=..., input_size=...)`` on a tiny
 builder function. For every dense name ``x`` the registry also provides ``struct_x_a`` and
 ``struct_x_b``: the dense model passed through :func:`src.structured.structurize` with the rule
-set ``conf/structure/<family>_<a|b>.yaml`` (data, not code). Names that timm does not already
-use are registered in timm's registry too, so ``timm.create_model("struct_resnet50_a")`` works.
+set ``<family>_<a|b>.yaml`` (data, not code). The rule sets are package data, ``src/models/rules/``,
+read with importlib.resources, so an installed package builds them without the repository;
+``conf/structure/`` holds identical copies as the Hydra ``structure`` group (a test keeps the two
+equal). Names that timm does not already use are registered in timm's registry too, so
+``timm.create_model("struct_resnet50_a")`` works.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import difflib
 import fnmatch
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,11 +25,14 @@ from torch import nn
 from src.structured import structurize
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "STRUCTURE_DIR",
-           "structure_file", "VARIANTS"]
+           "structure_file", "load_structure", "VARIANTS"]
 
 log = logging.getLogger(__name__)
 
-STRUCTURE_DIR = Path(__file__).resolve().parents[2] / "conf" / "structure"
+# The packaged rule sets (pyproject.toml: [tool.setuptools.package-data] "src.models" = ["rules/*.yaml"]):
+# a pathlib.Path in a source tree or an ordinary install, another importlib.resources Traversable
+# (e.g. inside a zip) elsewhere.
+STRUCTURE_DIR = resources.files(__package__) / "rules"
 VARIANTS = ("a", "b")
 
 
@@ -33,7 +40,7 @@ VARIANTS = ("a", "b")
 class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
-    family: str  # selects conf/structure/<family>_<variant>.yaml
+    family: str  # selects the rule set src/models/rules/<family>_<variant>.yaml
     input_size: tuple[int, int, int]  # the standard (C, H, W) the paper's tables use
     num_classes: int
     task: str = "classification"  # or "segmentation"
@@ -44,8 +51,23 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def structure_file(family: str, variant: str) -> Path:
+def structure_file(family: str, variant: str):
+    """The packaged rule file of a family's variant (an importlib.resources Traversable: has
+    ``.name`` and ``.read_text()``)."""
     return STRUCTURE_DIR / f"{family}_{variant}.yaml"
+
+
+def load_structure(family: str, variant: str) -> dict:
+    """The rule set {rules: [...], exclude: [...]} of a family's variant, read from the package."""
+    import yaml
+
+    file = structure_file(family, variant)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"rule set {file.name} is not in the package (src/models/rules/); a wheel "
+                         f"built without its package data?") from None
+    return yaml.safe_load(text)
 
 
 def register_model(*, family: str, input_size: tuple[int, int, int], num_classes: int,
@@ -71,9 +93,8 @@ def _add(entry: ModelEntry) -> None:
 
 def _register_in_timm(entry: ModelEntry) -> None:
     import timm
-    from timm.models import _registry
 
-    if entry.name in _registry._model_entrypoints:  # never shadow timm's own models
+    if timm.is_model(entry.name):  # never shadow timm's own models
         return
 
     def entrypoint(pretrained: bool = False, **kwargs):
@@ -112,13 +133,13 @@ def create_model(name: str, num_classes: int | None = None, *, structure: Any = 
     """
     entry = get_entry(name)
     model = entry.builder(num_classes=entry.num_classes if num_classes is None else num_classes, **kwargs)
-    rule_sets = []
+    rule_sets = []  # (rules, where they come from)
     if entry.variant:
-        rule_sets.append(structure_file(entry.family, entry.variant))
+        rule_sets.append((load_structure(entry.family, entry.variant),
+                          str(structure_file(entry.family, entry.variant))))
     if structure is not None:
-        rule_sets.append(structure)
-    for rules in rule_sets:
-        source = str(rules) if isinstance(rules, (str, Path)) else "structure argument"
+        rule_sets.append((structure, str(structure) if isinstance(structure, (str, Path)) else "structure argument"))
+    for rules, source in rule_sets:
         try:
             report = structurize(model, rules)
         except ValueError as e:

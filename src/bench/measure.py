@@ -1,0 +1,267 @@
+"""Measurements of the model benchmark (``python -m src.bench``): they return data, rendered by
+src/bench/report.py.
+
+- :func:`measure_model`: dense vs decomposed inference of one (model, batch) on each backend
+  (src/bench/backends.py) -> :class:`Row` s and :class:`Skipped` backends;
+- :func:`measure_training`: SGD steps, dense vs structured (+ structural loss) -> :class:`TrainingRow` s;
+- :func:`measure_profile`: where the time goes per layer kind (torch.profiler) -> :class:`Profile`.
+
+Models are built as the registry builds them, with random weights; each measurement runs in a
+:func:`~src.bench.timing.seeded` block (seed 0, the caller's RNG state restored after it).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.models import create_model, get_entry
+from src.structured import DecomposedConv2d, SumPool, complexity, decompose, project, structural_loss
+from src.structured.ops import plan_recompose, structured_layers
+
+from .backends import CL, Backend, Skip
+from .timing import seeded, time_interleaved
+
+__all__ = ["ROUNDS", "PlanCounts", "Row", "Skipped", "TrainingRow", "Breakdown", "Profile", "measure_model",
+           "measure_training", "measure_profile", "LAYER_KINDS"]
+
+# interleaved timing rounds per row; each candidate's time is its best round's median
+ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class PlanCounts:
+    """How many of a model's `total` structured layers a deploy plan moved to each form."""
+
+    dense: int
+    spatial: int
+    total: int
+
+    @classmethod
+    def of(cls, plan: dict[str, str], total: int) -> "PlanCounts":
+        return cls(sum(f == "dense" for f in plan.values()), sum(f == "spatial" for f in plan.values()), total)
+
+
+@dataclass
+class Row:
+    """One (model, batch, backend, variant): the dense and the decomposed median latency."""
+
+    model: str
+    input_hw: tuple[int, int]
+    batch: int
+    backend: str
+    variant: str  # "a" / "b"
+    dense_s: float
+    dec_s: float
+    mac_ratio: float  # decomposed / dense multiply-accumulates, each layer counted in the form it runs
+    round_ratios: tuple[float, ...] = ()  # decomposed / dense within each timing round
+    plan: PlanCounts | None = None  # set on the rows of the variant deployed with its deploy plan
+
+    @property
+    def ratio(self) -> float:
+        return self.dec_s / self.dense_s
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A backend that could not run a (model, batch), and why."""
+
+    model: str
+    batch: int
+    backend: str
+    reason: str
+
+
+def _input(name: str, batch: int) -> torch.Tensor:
+    return torch.randn(batch, *get_entry(name).input_size)
+
+
+def _structured(name: str, variant: str) -> nn.Module:
+    return project(create_model(f"struct_{name}_{variant}").eval())
+
+
+def measure_model(name: str, batch: int, variants: Sequence[str], backends: Sequence[Backend], *, reps: int,
+                  min_time: float, plan: bool,
+                  progress: Callable[[Row | Skipped], None] | None = None) -> tuple[list[Row], list[Skipped]]:
+    """Per backend, the dense model and every decomposed variant of `name` (plus, where the
+    backend takes it and `plan`, each variant with its deploy plan measured at this batch) timed
+    interleaved in ROUNDS rounds; each candidate's time is its fastest round's median."""
+    with seeded(0):
+        return _measure_model(name, batch, variants, backends, reps=reps, min_time=min_time, plan=plan,
+                              progress=progress)
+
+
+def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, progress):
+    size = get_entry(name).input_size
+    dense = create_model(name).eval()
+    dense_macs = complexity(dense, size).mults
+    structured = {v: _structured(name, v) for v in variants}
+    decomposed = {v: (decompose(s), complexity(s, size).mults_decomposed / dense_macs) for v, s in structured.items()}
+    x = _input(name, batch)
+    rows: list[Row] = []
+    skipped: list[Skipped] = []
+    for backend in backends:
+        # (variant, plan counts or None) -> (deploy model, MAC ratio)
+        candidates: dict[tuple[str, PlanCounts | None], tuple[nn.Module, float]] = {}
+        for v, s in structured.items():
+            candidates[(v, None)] = decomposed[v]
+            if plan and backend.deploy_plan:
+                forms = plan_recompose(copy.deepcopy(s).to(memory_format=CL), x.to(memory_format=CL),
+                                       reps=max(5, reps))
+                planned = decompose(s, recompose=forms)
+                counts = PlanCounts.of(forms, sum(1 for _ in structured_layers(s)))
+                candidates[(v, counts)] = (planned, complexity(planned, size).mults / dense_macs)
+        with backend.session():
+            try:
+                runs = [backend.prepare(dense, x)] + [backend.prepare(m, x) for m, _ in candidates.values()]
+            except Skip as e:
+                skipped.append(Skipped(name, batch, backend.name, str(e)))
+                if progress:
+                    progress(skipped[-1])
+                continue
+            # per candidate, its fastest round: a burst of other processes on this shared CPU (which
+            # hits the model with more, smaller ops harder) then spoils one round, not the row
+            rounds = [time_interleaved(runs, reps=reps, min_time=min_time) for _ in range(ROUNDS)]
+        times = [min(r[i] for r in rounds) for i in range(len(runs))]
+        for i, ((v, counts), (_, mac_ratio)) in enumerate(candidates.items(), 1):
+            row = Row(name, (size[1], size[2]), batch, backend.name, v, times[0], times[i], mac_ratio,
+                      tuple(r[i] / r[0] for r in rounds), counts)
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows, skipped
+
+
+# ---------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainingRow:
+    """Median seconds per SGD step (forward, backward, update), channels_last."""
+
+    model: str
+    batch: int
+    dense_s: float
+    task_s: float  # structured model, task loss only
+    reg_s: float  # structured model, task loss + lam * structural loss
+    loss_alone_s: float  # the structural loss's forward + backward alone
+
+
+def measure_training(name: str, batch: int, reps: int, lam: float = 1e-2) -> TrainingRow:
+    """Training steps: dense model, struct_<name>_a with the task loss only, and with
+    + lam * structural_loss (the regularized route), timed interleaved with the structural loss's
+    own forward + backward."""
+    with seeded(0):
+        return _measure_training(name, batch, reps, lam)
+
+
+def _measure_training(name: str, batch: int, reps: int, lam: float) -> TrainingRow:
+    x = _input(name, batch).to(memory_format=CL)
+    y = torch.randint(0, get_entry(name).num_classes, (batch,))
+    dense = create_model(name).train().to(memory_format=CL)
+    struct = create_model(f"struct_{name}_a").train().to(memory_format=CL)
+    opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in (dense, struct)}
+
+    def step(model, task=True, reg=False):
+        opt = opts[id(model)]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y) if task else 0.0
+        if reg:
+            loss = loss + lam * structural_loss(model)
+        loss.backward()
+        if task:
+            opt.step()
+
+    t_dense, t_task, t_reg, t_alone = time_interleaved(
+        [lambda: step(dense), lambda: step(struct), lambda: step(struct, reg=True),
+         lambda: step(struct, task=False, reg=True)], reps=reps, warmup=2)
+    return TrainingRow(name, batch, t_dense, t_task, t_reg, t_alone)
+
+
+# ---------------------------------------------------------------------------------- profile
+LAYER_KINDS = ("conv (dense kernel)", "sum-pool", "small conv (alpha)", "other (BN, ReLU, adds, pooling, fc)",
+               "total")
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """One model's forward: ms per layer kind (LAYER_KINDS), and the most expensive aten ops
+    (name, self ms), per forward."""
+
+    ms: dict[str, float]
+    top_ops: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Dense, decomposed (variant a) and deploy-plan forms of one (model, batch), eager channels_last."""
+
+    model: str
+    batch: int
+    plan: PlanCounts
+    dense: Breakdown
+    decomposed: Breakdown
+    planned: Breakdown
+
+
+def _kind(module: nn.Module, parent: nn.Module | None) -> str | None:
+    if isinstance(module, SumPool):
+        return "sum-pool"
+    if isinstance(module, nn.Conv2d):
+        if isinstance(parent, DecomposedConv2d):
+            return "small conv (alpha)"
+        return "conv (dense kernel)"
+    return None
+
+
+@torch.no_grad()
+def profile_breakdown(model: nn.Module, x: torch.Tensor, iters: int) -> Breakdown:
+    """ms per forward by layer kind (incl. 'total') and the top eight aten ops, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    handles, open_ranges = [], {}
+    parents = {id(c): m for m in model.modules() for c in m.children()}
+    for m in model.modules():
+        kind = _kind(m, parents.get(id(m)))
+        if kind is None:
+            continue
+
+        def pre(mod, args, kind=kind):
+            open_ranges[id(mod)] = record_function(kind)
+            open_ranges[id(mod)].__enter__()
+
+        def post(mod, args, out):
+            open_ranges.pop(id(mod)).__exit__(None, None, None)
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(iters):
+                with record_function("forward"):
+                    model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.key_averages()
+    ms = {e.key: e.cpu_time_total / 1e3 / iters for e in events
+          if e.key in ("forward", "sum-pool", "small conv (alpha)", "conv (dense kernel)")}
+    ms["total"] = ms.pop("forward", 0.0)
+    ms["other (BN, ReLU, adds, pooling, fc)"] = ms["total"] - sum(v for k, v in ms.items() if k != "total")
+    ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)[:8]
+    return Breakdown(ms, [(e.key[6:], e.self_cpu_time_total / 1e3 / iters) for e in ops])
+
+
+def measure_profile(name: str, batch: int, iters: int) -> Profile:
+    """The dense model, struct_<name>_a decomposed, and with its deploy plan, profiled."""
+    with seeded(0):
+        x = _input(name, batch).to(memory_format=CL)
+        s = _structured(name, "a").to(memory_format=CL)
+        plan = plan_recompose(s, x, reps=5)
+        counts = PlanCounts.of(plan, sum(1 for _ in structured_layers(s)))
+        models = (create_model(name).eval(), decompose(s), decompose(s, recompose=plan))
+        dense_b, dec_b, planned_b = (profile_breakdown(m.to(memory_format=CL), x, iters) for m in models)
+    return Profile(name, batch, counts, dense_b, dec_b, planned_b)
