@@ -46,6 +46,7 @@ def test_tables_without_runs_say_what_to_do(tmp_path):
         tables.write_tables(tmp_path, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_analysis_notebook_executes_on_fixture_runs(runs_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("RUNS_DIR", str(runs_dir))
     monkeypatch.setenv("PLOTS_DIR", str(tmp_path / "plots"))

@@ -167,6 +167,7 @@ def _history_values(run_dir: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in read_history(run_dir / "metrics.csv")]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_its_full_history(tmp_path, cifar_npz):
     """Kill a run after its epoch-1 checkpoint, run the same command again: the result and the
     per-epoch history equal the uninterrupted run's (every epoch exactly once)."""
@@ -201,6 +202,7 @@ def test_killed_run_resumes_with_its_full_history(tmp_path, cifar_npz):
             assert abs(ra[k] - rb[k]) <= 1e-6 * max(1.0, abs(ra[k])), (ra["epoch"], k, ra[k], rb[k])
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path, cifar_npz):
     run_dir = tmp_path / "ddp"
     out = subprocess.run(_cmd(run_dir, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
