@@ -19,9 +19,11 @@ from src.structured import (
     StructuredLinear,
     decompose,
     project,
+    sum_pool_policy,
     sumpool,
 )
-from src.structured.ops import plan_recompose
+from src.deploy import plan_recompose
+from src.deploy.tuning import CPU_SUM_POOL_POLICY
 
 from .conftest import rel_err
 from .test_sumpool import reference_sum_pool
@@ -262,12 +264,17 @@ def test_deploy_plan_rows_time_the_same_function(monkeypatch):
 @pytest.mark.parametrize("cw,groups,pad4", [(1, 1, (1, 1, 1, 1)), (1, 1, (0, 1, 0, 1)), (3, 2, (1, 0, 1, 0)),
                                             (40, 1, (0, 0, 0, 0)), (33, 2, (1, 1, 1, 1))])  # cw >= 32: cumsum
 def test_sum_pool_fast_paths_are_exact(cw, groups, pad4, channels_last):
-    """The inference paths the benchmark times (add passes into a preallocated output on inputs
-    of >= SMALL_INPUT elements, cumulative-sum channel windows) against a loop over every tap,
-    and the autograd path on the same input."""
+    """The inference paths the benchmark times (the CPU policy of src/deploy/tuning.py: add passes
+    into a preallocated output on inputs of >= small_input elements, cumulative-sum channel
+    windows) against a loop over every tap, and the autograd path on the same input."""
+    with sum_pool_policy(CPU_SUM_POOL_POLICY):
+        _check_fast_paths(cw, groups, pad4, channels_last)
+
+
+def _check_fast_paths(cw, groups, pad4, channels_last):
     x = torch.randn(2, 80, 45, 47, dtype=torch.float64)
     ref = reference_sum_pool(x, cw, (2, 2), pad4, (1, 1), groups)
-    assert ref.numel() >= sumpool.SMALL_INPUT  # (the channel window shrinks the tensor first)
+    assert ref.numel() >= CPU_SUM_POOL_POLICY.small_input  # (the channel window shrinks the tensor first)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     pool = sumpool.SumPool(cw, 2, pad4, 1, groups)
@@ -288,14 +295,14 @@ def test_sum_pool_fast_paths_are_exact(cw, groups, pad4, channels_last):
 
 @pytest.mark.parametrize("channels", [16, 48, 64, 96])
 def test_channels_last_2x2_pool_paths_float32(channels):
-    """The channels_last 2 x 2 inference paths in float32 (depthwise ones-kernel conv below
-    AVGPOOL_MIN_CHANNELS, avg_pool2d from it on, avg_pool2d for small inputs) against the float64
-    loop; and the module fast path equals the functional one."""
+    """The channels_last 2 x 2 inference paths in float32 of the CPU policy (depthwise ones-kernel
+    conv below avgpool_min_channels, avg_pool2d from it on, avg_pool2d for small inputs) against
+    the float64 loop; and the module fast path equals the functional one."""
     for batch in (1, 8):
         x = torch.randn(batch, channels, 33, 31, dtype=torch.float64)
         ref = reference_sum_pool(x, 1, (2, 2), (1, 1, 1, 1), (1, 1), 1)
         xc = x.float().to(memory_format=torch.channels_last)
-        with torch.no_grad():
+        with torch.no_grad(), sum_pool_policy(CPU_SUM_POOL_POLICY):
             out = sumpool.sum_pool2d(xc, 1, 2, 1)
             assert torch.equal(sumpool.SumPool(1, 2, 1)(xc), out)
         assert out.is_contiguous(memory_format=torch.channels_last)

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.models import create_model, get_entry
+from src.deploy import plan_recompose
 from src.structured import DecomposedConv2d, SumPool, complexity, decompose, project, structural_loss
-from src.structured.ops import plan_recompose, structured_layers
+from src.structured.ops import structured_layers
 
 from .backends import CL, Backend, Skip
 from .timing import seeded, time_interleaved

@@ -17,7 +17,7 @@ ratio (the ideal). Backends:
 
 - ``eager`` (NCHW) and ``eager_cl`` (channels_last): plain PyTorch under ``torch.no_grad``.
   With ``eager_cl`` each variant is also timed with its deploy plan ("a+plan"): the layers
-  that :func:`src.structured.ops.plan_recompose` measured faster in another exact form, at this
+  that :func:`src.deploy.plan_recompose` measured faster in another exact form, at this
   batch, run in it (``decompose(..., recompose=plan)``): "dense" = one conv with the structured
   kernel, "spatial" = sum-pool over space only, then an n x n conv over all channels.
 - ``compile``: ``torch.compile`` (inductor, freezing on: weights constant-folded, as for CPU

@@ -1,5 +1,5 @@
 """Benchmark setup: the process settings a measurement runs under, machine labels, and the
-interleaved timer (defined in src/structured/timing.py, which plan_recompose also uses).
+interleaved timer (defined in src/deploy/tuning.py, which plan_recompose also uses).
 
 Every setting a benchmark changes is changed for the duration of a ``with`` block and restored
 after it: :func:`torch_threads` (intra-op threads), :func:`inductor_freezing`
@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from src.structured.timing import time_interleaved  # noqa: F401  (re-exported for the benchmarks)
+from src.deploy import time_interleaved  # noqa: F401  (re-exported for the benchmarks)
 
 __all__ = ["time_interleaved", "configure_allocator", "huge_pages_label", "machine_label", "torch_threads",
            "inductor_freezing", "seeded"]
