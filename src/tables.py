@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from src import summary  # noqa: E402
 from src.models import get_entry  # noqa: E402
 from src.provenance import check_results_dir  # noqa: E402
 
@@ -36,9 +36,11 @@ PAPER_CLAIMS = (
 
 
 def load_runs(runs_dir: Path) -> list[dict]:
+    """Every summary under `runs_dir`, validated against src/summary.py (ValueError naming a file
+    that does not follow it), with its directory as `_dir`."""
     runs = []
-    for path in sorted(Path(runs_dir).rglob("summary.json")):
-        s = json.loads(path.read_text())
+    for path in sorted(Path(runs_dir).rglob(summary.FILENAME)):
+        s = summary.load(path)
         s["_dir"] = path.parent
         runs.append(s)
     return runs

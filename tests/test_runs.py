@@ -250,13 +250,14 @@ def _run_cli(args: list[str], tmp_path: Path, env_extra: dict | None = None) -> 
                           cwd=ROOT, env={**_env(), **(env_extra or {})}, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("case", ["config", "model", "rule", "data"])
+@pytest.mark.parametrize("case", ["config", "model", "rule", "data", "ema"])
 def test_user_errors_print_one_message_without_a_traceback(tmp_path, cifar_npz, case):
     args = {
         "config": ["+exp=cifar10/resnet20", "trainer.max_epochs=0"],
         "model": ["+exp=cifar10/resnet20", "model.name=resnet21", f"data.root={cifar_npz}"],
         "rule": ["+exp=cifar10/resnet20", "structure=cifar_resnet_a", "structure.rules.0.n=7", f"data.root={cifar_npz}"],
         "data": ["+exp=cifar10/resnet20", f"data.root={tmp_path}/nothing", "data.download=false"],
+        "ema": ["+exp=cifar10/resnet20", "+optim.ema_decay=2", f"data.root={cifar_npz}"],
     }[case]
     out = _run_cli([*args, "trainer.progress_bar=none"], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
@@ -264,7 +265,7 @@ def test_user_errors_print_one_message_without_a_traceback(tmp_path, cifar_npz, 
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, out.stderr
     expected = {"config": "trainer.max_epochs=0", "model": "unknown model 'resnet21'", "rule": "n=7",
-                "data": f"no CIFAR-10 at {tmp_path}/nothing"}[case]
+                "data": f"no CIFAR-10 at {tmp_path}/nothing", "ema": "optim.ema_decay=2: must be a number"}[case]
     assert expected in out.stderr, out.stderr
     if case != "config":  # the run started: its log keeps the traceback
         assert "Traceback" in (tmp_path / "run" / "train.log").read_text()

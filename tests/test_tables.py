@@ -109,3 +109,40 @@ def test_results_are_not_written_from_a_dirty_tree(runs_dir, monkeypatch):
     assert not (ROOT / "results" / "never_written").exists()
     with pytest.raises(SystemExit, match="refusing to write into"):
         tables.main(["--runs", str(runs_dir), "--out", str(ROOT / "results" / "never_written")])
+
+
+# ----------------------------------------------------------------------------- the summary schema
+def test_summaries_follow_the_schema(runs_dir, tmp_path):
+    """src/summary.py describes every summary the pipeline writes; the tables refuse, naming the
+    file, a summary that breaks it, and accept one of an older version (without the newer keys)."""
+    from src import summary
+
+    paths = sorted(runs_dir.rglob("summary.json"))
+    assert len(paths) == 3
+    for p in paths:
+        s = summary.load(p)
+        summary.validate(s, "classification", strict=True)
+        assert [k for k in summary.keys("classification") if k in s] == list(s)  # npz runs: schema order
+    assert all(f.meaning and f.types for f in summary.FIELDS)
+    seg = summary.keys("segmentation")
+    assert "test_miou_decomposed" in seg and not any("acc" in k for k in seg)
+    # an older version's summary (no config_hash, overrides, ...) loads
+    old = json.loads(paths[0].read_text())
+    for key in ("profile", "config_hash", "run_hash", "overrides", "train_time_s", "resumed"):
+        del old[key]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert summary.load(tmp_path / "old.json")["model"] == old["model"]
+    with pytest.raises(summary.SummaryError, match="config_hash: missing"):
+        summary.validate(old, strict=True)
+    del old["params_dense"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(summary.SummaryError, match=r"(?s)old.json: .*params_dense: missing"):
+        summary.load(tmp_path / "old.json")
+    # a broken one stops the tables, named
+    _variant(runs_dir, tmp_path, "bad", epochs="two", surprise=1)
+    with pytest.raises(ValueError, match=r"(?s)bad/summary.json.*epochs='two': must be int.*unknown key\(s\) surprise"):
+        tables.write_tables(tmp_path / "runs", tmp_path / "out")
+    with pytest.raises(SystemExit, match="bad/summary.json"):
+        tables.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    with pytest.raises(summary.SummaryError, match="unknown summary key"):
+        summary.assemble("classification", {**json.loads(paths[0].read_text()), "surprise": 1})

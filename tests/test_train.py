@@ -34,6 +34,20 @@ REQUIRED_KEYS = {
     "test_acc_decomposed_exact_subset", "config_hash", "run_hash", "overrides", "train_time_s",
 }
 
+# summary.json's keys in the order the pipeline has always written them (src/summary.py defines them)
+SUMMARY_HEAD = ["model", "dataset", "route", "tag", "profile", "config_hash", "run_hash", "overrides", "seed", "epochs",
+                "max_epochs", "lambda", "lambda_ramp_epochs", "bn_recalib", "train_subset", "test_subset"]
+SUMMARY_TAIL = ["params_dense", "params_decomposed", "mults_dense", "mults_decomposed", "adds_dense", "adds_decomposed",
+                "adds_decomposed_running", "structural_residual_final", "structural_residual_mean_final", "wall_time_s",
+                "train_time_s", "resumed", "train_images_per_s", "device", "world_size", "threads", "torch", "git_sha"]
+
+
+def summary_key_order(exact: bool) -> list[str]:
+    stages = [k for st in ("dense", "projected_raw", "projected", "decomposed")
+              for k in (f"test_acc_{st}", *([f"test_acc_{st}_exact_subset"] if exact else []))]
+    return SUMMARY_HEAD + stages + SUMMARY_TAIL + ([] if exact else ["test_acc_decomposed_exact_subset"])
+
+
 TINY = ["data.train_subset=256", "data.test_subset=256", "data.batch_size=64", "data.eval_batch_size=256",
         "trainer.max_epochs=2", "trainer.progress_bar=none", "structure.bn_recalib_batches=2"]
 
@@ -87,6 +101,12 @@ def test_cifar_structured_run_end_to_end(tmp_path, cifar_any):
     # the npz layouts mark bit-exact test images; torchvision's copy is exact throughout
     assert (s["test_acc_decomposed_exact_subset"] is not None) == npz
     assert json.loads((run_dir / "summary.json").read_text()) == s
+    # the schema (src/summary.py) describes exactly what was written, in the order it always was
+    from src import summary
+
+    summary.validate(s, "classification")
+    assert summary.assemble("classification", dict(s)) == s
+    assert list(json.loads((run_dir / "summary.json").read_text())) == summary_key_order(npz)
     history = read_history(run_dir / "metrics.csv")
     assert [r["epoch"] for r in history] == [0, 1]  # one row per epoch
     for key in ("train/structural_loss_epoch", "residual/mean", "residual/max", "val/acc", "train/loss_epoch", "lr"):
@@ -115,6 +135,29 @@ def test_direct_route_and_dense_baseline(tmp_path, cifar_npz):
     d = train(["+exp=cifar10/resnet20", f"data.root={cifar_npz}", *TINY], tmp_path / "dense")
     assert d["params_dense"] == d["params_decomposed"] == 269_722
     assert d["test_acc_dense"] == d["test_acc_decomposed"]
+
+
+def test_rmsprop_recipe_with_weight_ema(tmp_path, cifar_npz):
+    """The MobileNetV2 / EfficientNet optimizer recipe (TensorFlow's RMSProp, per-step exponential
+    decay, weight EMA) through the whole pipeline: the EMA travels in every checkpoint (beside the
+    model's weights), and the trained model evaluated at the end is the EMA evaluated during
+    training."""
+    from timm.optim import RMSpropTF
+
+    from src.lit.module import EMA_KEY
+
+    run_dir = tmp_path / "rms"
+    s = train(["+exp=cifar10/struct_resnet20_a", f"data.root={cifar_npz}", "optim=imagenet_rmsprop_mobilenet",
+               "optim.ema_decay=0.9", *TINY], run_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt[EMA_KEY] and all(k.startswith("model.") for k in ckpt["state_dict"])
+    assert "lr_in_momentum" in ckpt["optimizer_states"][0]["param_groups"][0]  # RMSpropTF's, not torch's RMSprop
+    assert "lr_in_momentum" in RMSpropTF([torch.zeros(1, requires_grad=True)]).defaults
+    history = read_history(run_dir / "metrics.csv")
+    lr = 0.0075 * 64 / 256  # lr_per_256 at batch 64; x0.98 per epoch of 4 steps
+    assert [r["lr"] for r in history] == pytest.approx([lr * 0.98, lr * 0.98 ** 2], rel=1e-6)
+    assert s["test_acc_dense"] == round(100 * history[-1]["val/acc"], 4)  # the EMA, adopted
+    assert s["epochs"] == 2 and s["params_decomposed"] == 121_242
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch, cifar_npz):

@@ -4,7 +4,6 @@ classification and segmentation. The model itself is plain PyTorch (src/models).
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 from pathlib import Path
@@ -13,12 +12,19 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from src.structured import structural_loss, structural_residuals, structured_layers
 
+from .optim import (build_optimizer, build_scheduler, fast_forward, is_legacy_scheduler_state,
+                    migrate_legacy_optimizer_state)
+
 __all__ = ["StructuredModule", "ClassificationModule", "SegmentationModule", "lambda_at", "write_history",
-           "read_history"]
+           "read_history", "EMA_KEY"]
+
+EMA_KEY = "ema_state_dict"  # checkpoint key of the EMA weights (LightningModule names, "ema.module.*")
+EMA_PREFIX = "ema."
 
 
 def write_history(rows: list[dict], path: Path) -> None:
@@ -74,6 +80,17 @@ class StructuredModule(pl.LightningModule):
         self.history: list[dict[str, float]] = []
         self.history_path: Path | None = None
         self._epoch_t0: float | None = None
+        # Weight EMA (optim.ema_decay; timm's ModelEmaV3): evaluated during training, adopted as the
+        # trained model afterwards (adopt_ema), saved in every checkpoint.
+        decay = self.optim_cfg.get("ema_decay")
+        self.ema: ModelEmaV3 | None = None
+        if decay is not None:
+            if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+                raise ValueError(f"optim.ema_decay={decay!r}: must be a number >= 0 and < 1, or null")
+            self.ema = ModelEmaV3(model, decay=float(decay))
+            self.ema.requires_grad_(False)
+            self.ema.train(model.training)  # (Lightning sets eval mode for every evaluation)
+        self._legacy: dict | None = None
 
     # ------------------------------------------------------------------ training
     def forward(self, x):
@@ -142,52 +159,64 @@ class StructuredModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = [dict(r) for r in self.history]
+        # the EMA weights travel beside the model's state_dict, which keeps only "model." keys
+        # (src.export reads checkpoints as the model's state_dict)
+        state = checkpoint["state_dict"]
+        ema = {k: state.pop(k) for k in [k for k in state if k.startswith(EMA_PREFIX)]}
+        if ema:
+            checkpoint[EMA_KEY] = ema
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = [dict(r) for r in checkpoint.get("history", [])]
+        ema = checkpoint.pop(EMA_KEY, None)
+        state = checkpoint.get("state_dict")
+        if self.ema is not None and state is not None:  # (a checkpoint without EMA: it starts from the model)
+            state.update(ema or {f"{EMA_PREFIX}module.{k[len('model.'):]}": v for k, v in state.items()
+                                 if k.startswith("model.")})
+        # An older checkpoint (LambdaLR schedule, optimizer groups [decayed, not decayed]): its
+        # optimizer and scheduler states are restored by on_train_start instead.
+        schedulers = checkpoint.get("lr_schedulers") or []
+        if schedulers and is_legacy_scheduler_state(schedulers[0]):
+            self._legacy = {"optimizer": checkpoint["optimizer_states"][0], "step": schedulers[0]["last_epoch"]}
+            checkpoint["optimizer_states"], checkpoint["lr_schedulers"] = [], []
+
+    def _resume_legacy_checkpoint(self) -> None:
+        if self._legacy is None:
+            return
+        opt = self.trainer.optimizers[0]
+        fast_forward(self.trainer.lr_scheduler_configs[0].scheduler, self._legacy["step"])
+        opt.load_state_dict(migrate_legacy_optimizer_state(self._legacy["optimizer"], self.model, self.optim_cfg, opt))
+        self._legacy = None
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 and not cfg.get("decay_bn_and_bias", False) else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        lr = cfg["lr"]
-        if cfg.get("name", "sgd") == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
-        elif cfg["name"] == "adamw":
-            opt = torch.optim.AdamW(groups, lr=lr)
-        elif cfg["name"] == "rmsprop":  # torch's RMSprop (eps outside the square root; not TF's RMSProp)
-            opt = torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=cfg.get("eps", 1e-3), momentum=cfg.get("momentum", 0.9))
-        else:
-            raise ValueError(f"optim.name={cfg['name']!r}: expected sgd, adamw or rmsprop")
-        total = self.trainer.estimated_stepping_batches
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
-        warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
-        schedule = cfg.get("schedule", "cosine")
-        milestones = [int(m * steps_per_epoch) for m in cfg.get("milestones", [])]
-        gamma = cfg.get("gamma", 0.1)
-        power = cfg.get("power", 0.9)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if schedule == "cosine":
-                t = (step - warmup) / max(1, total - warmup)
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-            if schedule == "steps":
-                return gamma ** sum(step >= m for m in milestones)
-            if schedule == "poly":  # HRNet segmentation
-                return (1 - min(step, total - 1) / total) ** power
-            if schedule == "exp":  # per-epoch exponential decay (MobileNetV2 / EfficientNet)
-                return gamma ** (step / steps_per_epoch / cfg.get("decay_every_epochs", 1))
-            raise ValueError(f"optim.schedule={schedule!r}: expected cosine, steps, poly or exp")
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        """Optimizer and per-step LR schedule of the `optim` config (src/lit/optim.py)."""
+        opt = build_optimizer(self.model, self.optim_cfg)
+        sched = build_scheduler(opt, self.optim_cfg, self.trainer.estimated_stepping_batches, self.trainer.max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # after every optimizer step, as timm's train.py (step: steps taken)
+            self.ema.update(self.model, step=self.global_step + 1)
+
+    def on_train_start(self) -> None:
+        self._resume_legacy_checkpoint()
+
+    # ------------------------------------------------------------------ weight EMA
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network evaluated: the EMA weights while they are kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def adopt_ema(self) -> bool:
+        """Copy the EMA weights (parameters and BatchNorm statistics) into the model and drop the
+        EMA; the model is then what was evaluated during training. False without an EMA."""
+        if self.ema is None:
+            return False
+        self.model.load_state_dict(self.ema.module.state_dict())
+        self.ema = None
+        return True
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
@@ -217,7 +246,7 @@ class ClassificationModule(StructuredModule):
 
     def eval_step(self, batch):
         x, y = batch[0], batch[1]
-        out = self.model(x)
+        out = self.eval_model(x)
         self.acc(out, y)
         self.log(f"{self.eval_prefix}/acc", self.acc, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{self.eval_prefix}/loss", F.cross_entropy(out, y), on_step=False, on_epoch=True, sync_dist=True)
@@ -242,7 +271,7 @@ class SegmentationModule(StructuredModule):
 
     def eval_step(self, batch):
         x, y = batch[0], batch[1]
-        out = self.model(x)
+        out = self.eval_model(x)
         pred = out.argmax(1)
         self.miou(pred, y)
         self.pixel_acc(pred, y)
