@@ -322,13 +322,24 @@ def report(s: dict[str, Any], run_dir: Path) -> str:
     ])
 
 
+def _close_loggers(trainer: pl.Trainer) -> None:
+    """Finish this run's wandb run (its offline files are complete, and a later run in the same
+    process starts its own instead of appending to this one)."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.finish()
+
+
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], t_start: float) -> dict[str, Any]:
     """Every stage of a run whose configuration and directory src.train has accepted; returns
     the summary (written, with deploy.pt, by rank 0)."""
     job = setup(cfg, run_dir, overrides)
-    fit(job)
-    compressed = compress(job)
-    summary = summarize(job, compressed, t_start)
+    try:
+        fit(job)
+        compressed = compress(job)
+        summary = summarize(job, compressed, t_start)
+    finally:
+        _close_loggers(job.trainer)
     if job.trainer.is_global_zero:
         save_deploy_file(cfg, run_dir / DEPLOY, job.module.model, job.datamodule, job.num_classes, job.input_size,
                          summary["git_sha"])
