@@ -23,7 +23,7 @@ help:                   ## list the targets
 	@echo "make test                         the default test suite (fast; CI runs this)"
 	@echo "make test-all                     every test, slow ones included"
 	@echo "make reproduce-cifar [PROFILE=quick|full] [CIFAR_ROOT=dir]"
-	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: ~30 min on 2 CPU cores)"
+	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: 25-50 min on 2 CPU cores)"
 	@echo "make reproduce-imagenet DATA=dir  the ImageNet runs (GPU-sized)"
 	@echo "make reproduce-cityscapes DATA=dir the Cityscapes runs (GPU-sized)"
 	@echo "make tables [PROFILE=...]         tables and plots from results/<profile>/runs into results/<profile>"
