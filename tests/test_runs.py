@@ -96,6 +96,9 @@ def test_download_with_a_wrong_checksum_is_refused(tmp_path, served_archive):
     with pytest.raises(FileNotFoundError, match=r"(?s)downloading it failed \(MD5 mismatch: expected 0+, got [0-9a-f]{32}\)"):
         load_cifar10(tmp_path / "c", url=url, md5="0" * 32)
     assert not (tmp_path / "c").exists()  # nothing half-done is left behind
+    with pytest.raises(FileNotFoundError):
+        load_cifar10(tmp_path / "d" / "e" / "f", url=_closed_port_url())
+    assert not (tmp_path / "d").exists()  # nor the folders made for it
 
 
 def test_offline_message_says_where_it_looked_and_what_to_do(tmp_path):

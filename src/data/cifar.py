@@ -115,7 +115,7 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str | None =
 
     root = Path(root).expanduser().resolve()
     archive = root / ARCHIVE_NAME
-    created = not root.exists()
+    created = [d for d in (root, *root.parents) if not d.exists()]  # removed again if the fetch fails
     print(f"CIFAR-10 not found at {root}: downloading {url} -> {archive}", flush=True)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -128,8 +128,9 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str | None =
         extract_archive(str(archive), str(root))
     except Exception as e:  # urllib, socket, tarfile and torchvision report failures many ways
         reason = str(e).strip() or type(e).__name__
-        if created and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()
+        for folder in created:  # innermost first; only folders this call made and left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise DataRootError(_not_found(root, f"downloading it failed ({reason})")) from None
     print(f"CIFAR-10 ready in {root / BATCHES_DIR}", flush=True)
     return root / BATCHES_DIR
