@@ -57,6 +57,13 @@ def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False
     return check
 
 
+def _or_null(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def or_null(v):
+        problem = None if v is None else check(v)
+        return problem and problem + " or null"
+    return or_null
+
+
 def _enum(*allowed: str):
     def check(v):
         return None if str(v).lower() in allowed and not isinstance(v, (dict, list)) else f"one of {', '.join(allowed)}"
@@ -103,6 +110,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optim.eps": _num(0.0, lo_open=True),
     "optim.decay_every_epochs": _num(0.0, lo_open=True),
     "optim.nesterov": _bool,
+    "optim.ema_decay": _or_null(_num(0.0, 1.0, hi_open=True)),
     "logger.wandb": _bool,
     "logger.offline": _bool,
 }
