@@ -82,14 +82,11 @@ def check_run_dir(run_dir: Path, ident: dict[str, Any], config_name: str = "conf
     without either (a run that failed or was killed before its first checkpoint) may be reused."""
     run_dir = Path(run_dir)
     stored = run_dir / config_name
-    has_run = (run_dir / "summary.json").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))
-    if not has_run:
+    if not ((run_dir / "summary.json").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))):
         return
     if not stored.exists():
-        if has_run:
-            raise RunDirError(f"{run_dir} holds a run (checkpoints or summary.json) but no {config_name}: "
-                              f"cannot tell whether it is this configuration. Choose another hydra.run.dir.")
-        return
+        raise RunDirError(f"{run_dir} holds a run (checkpoints or summary.json) but no {config_name}: "
+                          f"cannot tell whether it is this configuration. Choose another hydra.run.dir.")
     try:
         old = identity(OmegaConf.to_container(OmegaConf.load(stored), resolve=False))
     except Exception as e:  # a damaged yaml file
