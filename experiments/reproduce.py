@@ -21,6 +21,7 @@ run failed and where its log is, and the exit status is that run's.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -30,12 +31,25 @@ from pathlib import Path
 RUN_LOGS = ("summary.json", "config.yaml", "overrides.yaml", "metrics.csv")
 
 QUICK_EPOCHS = 4
+MEDIUM_EPOCHS = 15
+# lambda of the medium profile's regularized runs, chosen by PROFILE=medium_sweep on the validation
+# split (results/medium/sweep/cifar10.md); None until that sweep has chosen, which stops those runs.
+MEDIUM_LAMBDA: float | None = None
+SWEEP_LAMBDAS = (0.5, 2.0, 8.0)
 
 
 def _variants(*names: str) -> list[str]:
     return [m for n in names for m in (n, f"struct_{n}_a", f"struct_{n}_b")]
 
 
+def _holdout(train: int, end: int) -> list[str]:
+    """Train on the first `train` training images; evaluate on training images [train, end)."""
+    return [f"data.train_subset={train}", "data.eval_set=holdout", f"data.holdout=[{train},{end}]"]
+
+
+# A run of a profile: (label, experiment, overrides); the label names its directory
+# <runs>/<profile>/<label>/seed<k> and its logs' folder results/<profile>/runs/<label>/seed<k>.
+MEDIUM_COMMON = [f"trainer.max_epochs={MEDIUM_EPOCHS}", "model.channels_last=true", "trainer.progress_bar=simple", *_holdout(45_000, 50_000)]
 PROFILES = {
     "full": dict(dataset="cifar10", models=[f"{m}{v}" for m in ("resnet56", "struct_resnet56", "resnet32", "struct_resnet32",
                                               "resnet20", "struct_resnet20", "cifar_mobilenet_v2",
@@ -44,6 +58,23 @@ PROFILES = {
     "quick": dict(dataset="cifar10", models=_variants("resnet20"), seeds=[0],
                   overrides=[f"trainer.max_epochs={QUICK_EPOCHS}", "trainer.progress_bar=simple",
                              "model.channels_last=true"]),
+    # The CPU reference reproduction (README, "Results"): exact held-out evaluation images, 3 seeds
+    # of ResNet-20 dense / A / B / A-direct and 1 of ResNet-56 dense / A, 15 epochs; the runs that
+    # do not depend on lambda first. Two runs side by side with one thread each (measured faster in
+    # total than one run with two threads on a 2-core machine).
+    "medium": dict(dataset="cifar10", seeds=[0, 1, 2], jobs=2, threads=1, results="results/medium",
+                   overrides=[*MEDIUM_COMMON, "eval.robustness=true"],
+                   runs=[("resnet20", "resnet20", []), ("struct_resnet20_a_direct", "struct_resnet20_a_direct", []),
+                         ("resnet56", "resnet56", ["seeds=0"]),
+                         ("struct_resnet20_a", "struct_resnet20_a", ["lambda"]),
+                         ("struct_resnet20_b", "struct_resnet20_b", ["lambda"]),
+                         ("struct_resnet56_a", "struct_resnet56_a", ["lambda", "seeds=0"])]),
+    # Choosing lambda without the test set: train on images [0, 40000), validate on [40000, 45000).
+    "medium_sweep": dict(dataset="cifar10", seeds=[0], jobs=2, threads=1, results="results/medium/sweep",
+                         overrides=[f"trainer.max_epochs={MEDIUM_EPOCHS}", "model.channels_last=true", "trainer.progress_bar=simple",
+                                    *_holdout(40_000, 45_000), "eval.official_test=false"],
+                         runs=[(f"{m}_lam{lam:g}", m, [f"structure.lam={lam}", f"tag=_lam{lam:g}"])
+                               for lam in SWEEP_LAMBDAS for m in ("struct_resnet20_a", "struct_resnet20_b")]),
     "smoke": dict(dataset="cifar10", models=["resnet20", "struct_resnet20_a"], seeds=[0],
                   overrides=["trainer.max_epochs=1", "trainer.progress_bar=none", "data.train_subset=512",
                              "data.test_subset=256", "data.batch_size=64", "structure.bn_recalib_batches=2"]),
@@ -53,15 +84,38 @@ PROFILES = {
 }
 
 
-def commands(profile: str, data: str, runs: Path, extra: list[str]) -> list[list[str]]:
+class ProfileError(ValueError):
+    """A profile cannot run as asked (e.g. its lambda has not been chosen yet)."""
+
+
+def runs_of(profile: str) -> list[tuple[str, str, int, list[str]]]:
+    """(label, experiment, seed, overrides) of every run of `profile`, in order."""
+    spec = PROFILES[profile]
+    out = []
+    for label, exp, extra in spec.get("runs") or [(m, m, []) for m in spec["models"]]:
+        seeds = spec["seeds"]
+        overrides = []
+        for item in extra:
+            if item.startswith("seeds="):
+                seeds = [int(v) for v in item.removeprefix("seeds=").split(",")]
+            elif item == "lambda":
+                overrides.append(f"structure.lam={MEDIUM_LAMBDA}" if MEDIUM_LAMBDA is not None else "structure.lam=?")
+            else:
+                overrides.append(item)
+        out.extend((label, exp, seed, overrides) for seed in seeds)
+    return out
+
+
+def commands(profile: str, data: str, runs: Path, extra: list[str], only: list[str] | None = None) -> list[list[str]]:
     spec = PROFILES[profile]
     cmds = []
-    for model in spec["models"]:
-        for seed in spec["seeds"]:
-            run_dir = runs / profile / model / f"seed{seed}"
-            cmds.append([sys.executable, "-m", "src.train", f"+exp={spec['dataset']}/{model}", f"seed={seed}",
-                         f"profile={profile}", f"data.root={data}", f"hydra.run.dir={run_dir}",
-                         *spec["overrides"], *extra])
+    for label, exp, seed, overrides in runs_of(profile):
+        if only and label not in only:
+            continue
+        run_dir = runs / profile / label / f"seed{seed}"
+        cmds.append([sys.executable, "-m", "src.train", f"+exp={spec['dataset']}/{exp}", f"seed={seed}",
+                     f"profile={profile}", f"data.root={data}", f"hydra.run.dir={run_dir}",
+                     *spec["overrides"], *overrides, *extra])
     return cmds
 
 
@@ -76,35 +130,98 @@ def collect(run_dir: Path, dest: Path) -> list[Path]:
     return written
 
 
+def _run_dir(cmd: list[str]) -> Path:
+    return Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+
+
+def _launch(cmd: list[str], threads: int | None, quiet_log: Path | None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if quiet_log is None:
+        return subprocess.Popen(cmd, env=env)
+    quiet_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(quiet_log, "ab") as f:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full", help="which set of runs (default: full)")
     ap.add_argument("--data", required=True,
                     help="dataset root (CIFAR-10: npz folder or torchvision copy; fetched there when absent and online)")
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="runs go to <runs>/<profile>/<model>/seed<k>")
+    ap.add_argument("--runs", type=Path, default=Path("runs"), help="runs go to <runs>/<profile>/<label>/seed<k>")
     ap.add_argument("--collect", type=Path, default=None, metavar="DIR",
-                    help="copy each finished run's logs to DIR/<model>/seed<k> (default: results/<profile>/runs)")
+                    help="copy each finished run's logs to DIR/<label>/seed<k> (default: results/<profile>/runs)")
+    ap.add_argument("--only", default=None, metavar="LABELS",
+                    help="comma-separated run labels (e.g. resnet20,resnet56): only these runs of the profile")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="runs side by side (default: the profile's, else 1); each run's output then goes to "
+                         "<runs>/<profile>/<label>/seed<k>.out")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (OMP_NUM_THREADS; default: the profile's, else torch's default)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
-    cmds = commands(args.profile, args.data, args.runs, args.extra)
-    collect_root = args.collect or Path("results") / args.profile / "runs"
+    spec = PROFILES[args.profile]
+    only = [o for o in args.only.split(",") if o] if args.only else None
+    labels = {label for label, *_ in runs_of(args.profile)}
+    if only and set(only) - labels:
+        ap.error(f"--only {','.join(sorted(set(only) - labels))}: not a run of profile {args.profile} "
+                 f"(its runs: {', '.join(sorted(labels))})")
+    cmds = commands(args.profile, args.data, args.runs, args.extra, only)
+    pending = [c for c in cmds if "structure.lam=?" in c]
+    if pending and not args.dry_run:
+        names = sorted({str(_run_dir(c).parent.name) for c in pending})
+        print(f"reproduce: the {args.profile} profile's lambda is not chosen yet (MEDIUM_LAMBDA in "
+              f"experiments/reproduce.py): run PROFILE=medium_sweep, set it from results/medium/sweep/cifar10.md, "
+              f"commit, and run again. Until then the runs of {', '.join(names)} are left out.", file=sys.stderr)
+        cmds = [c for c in cmds if c not in pending]
+    jobs = max(1, args.jobs or spec.get("jobs", 1))
+    threads = args.threads or spec.get("threads")
+    collect_root = args.collect or Path(spec.get("results", f"results/{args.profile}")) / "runs"
     t0 = time.time()
-    for i, cmd in enumerate(cmds, 1):
-        print(f"[{i}/{len(cmds)}] {' '.join(cmd[2:])}", flush=True)
-        if args.dry_run:
-            continue
-        code = subprocess.run(cmd).returncode
-        if code:
-            run_dir = next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1]
-            print(f"reproduce: run {i} of {len(cmds)} failed (exit status {code}); its log: {run_dir}/train.log. "
-                  f"Fix the cause and run the same command again: finished runs are skipped.", file=sys.stderr)
-            sys.exit(code)
-        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
-        dest = collect_root / run_dir.relative_to(args.runs / args.profile)
-        collect(run_dir, dest)
-        print(f"logs copied to {dest}", flush=True)
+    if args.dry_run:
+        for i, cmd in enumerate(cmds, 1):
+            print(f"[{i}/{len(cmds)}] {' '.join(cmd[2:])}", flush=True)
+        return
+    queue = list(enumerate(cmds, 1))
+    running: dict[int, tuple[subprocess.Popen, list[str], float]] = {}
+    failed: tuple[int, int, Path] | None = None
+    while queue or running:
+        while queue and len(running) < jobs and failed is None:
+            i, cmd = queue.pop(0)
+            log_file = _run_dir(cmd).with_suffix(".out") if jobs > 1 else None
+            print(f"[{i}/{len(cmds)}] {' '.join(cmd[2:])}", flush=True)
+            running[i] = (_launch(cmd, threads, log_file), cmd, time.time())
+            if log_file:
+                print(f"[{i}/{len(cmds)}] started ({threads or 'default'} thread(s)); output: {log_file}", flush=True)
+        if not running:
+            break
+        time.sleep(0.2 if jobs == 1 else 5)
+        for i, (proc, cmd, t_start) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[i]
+            run_dir = _run_dir(cmd)
+            if jobs > 1:  # the end of the run's own output: its result, or its one-line error
+                tail = run_dir.with_suffix(".out").read_text(errors="replace").replace("\r", "\n").splitlines()[-8:]
+                print("\n".join(f"[{i}/{len(cmds)}]   {line}" for line in tail if line.strip()), flush=True)
+            if code:
+                print(f"reproduce: run {i} of {len(cmds)} failed (exit status {code}); its log: {run_dir}/train.log"
+                      + (f", its output: {run_dir.with_suffix('.out')}" if jobs > 1 else "")
+                      + ". Fix the cause and run the same command again: finished runs are skipped.", file=sys.stderr)
+                failed = failed or (i, code, run_dir)
+                continue
+            dest = collect_root / run_dir.relative_to(args.runs / args.profile)
+            collect(run_dir, dest)
+            print(f"[{i}/{len(cmds)}] done in {(time.time() - t_start) / 60:.1f} min; logs copied to {dest}", flush=True)
+    if failed:
+        sys.exit(failed[1])
     print(f"{len(cmds)} runs, {(time.time() - t0) / 60:.1f} min")
+    if pending:
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optim.decay_every_epochs": _num(0.0, lo_open=True),
     "optim.nesterov": _bool,
     "optim.ema_decay": _or_null(_num(0.0, 1.0, hi_open=True)),
+    "eval.official_test": _bool,
+    "eval.robustness": _bool,
     "logger.wandb": _bool,
     "logger.offline": _bool,
 }
@@ -149,6 +151,18 @@ def validate(cfg: DictConfig | dict) -> None:
     if scale is not _MISSING and not (isinstance(scale, list) and len(scale) == 2 and all(_is_num(v) for v in scale)
                                       and 0 < scale[0] <= scale[1]):
         problems.append(f"data.scale_range={scale!r}: must be [low, high] with 0 < low <= high")
+    eval_set, holdout, n_train = _get(c, "data.eval_set"), _get(c, "data.holdout"), _get(c, "data.train_subset")
+    if eval_set not in (_MISSING, "test", "holdout"):
+        problems.append(f"data.eval_set={eval_set!r}: must be 'test' (the official test set) or 'holdout' "
+                        f"(training images data.holdout=[start, end), never trained on)")
+    if eval_set == "holdout":
+        if not (isinstance(holdout, list) and len(holdout) == 2 and all(_is_int(v) for v in holdout)
+                and 0 < holdout[0] < holdout[1]):
+            problems.append(f"data.holdout={None if holdout is _MISSING else holdout!r}: with data.eval_set=holdout "
+                            f"it must be [start, end), integers with 0 < start < end")
+        elif _is_int(n_train) and n_train > holdout[0]:
+            problems.append(f"data.train_subset={n_train}: overlaps data.holdout={holdout}; training uses the "
+                            f"first train_subset images, so it must be <= {holdout[0]}")
     milestones = _get(c, "optim.milestones")
     if milestones is not _MISSING and (not isinstance(milestones, list) or not all(_is_num(m) and m > 0 for m in milestones)):
         problems.append(f"optim.milestones={milestones!r}: must be a list of positive epoch numbers")

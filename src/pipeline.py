@@ -12,6 +12,8 @@ Stages, each a function here:
 3. :func:`compress`: adopt the EMA weights (``optim.ema_decay``); evaluate the trained model;
    project every structured layer; evaluate; recalibrate BatchNorm on training batches
    (``structure.bn_recalib``); evaluate; decompose; evaluate;
+   then :func:`evaluate_final`: the final model on the official test set (when the primary set is a
+   held-out part of the training set) and on corrupted copies of the primary set (``eval.*``);
 4. :func:`save_deploy_file`: ``deploy.pt``, the decomposed model with its preprocessing;
 5. :func:`summarize`: ``summary.json`` (schema: src/summary.py, final-epoch figures only) and the
    printed :func:`report`.
@@ -42,7 +44,7 @@ from src.provenance import git_sha
 from src.structured import complexity, decompose, project, structural_residuals, structured_layers
 
 __all__ = ["SUMMARY", "CONFIG", "HISTORY", "LOG", "DEPLOY", "Timer", "Job", "Compressed", "build_datamodule",
-           "build_model", "build_optim_cfg", "build_trainer", "evaluate", "setup", "fit", "compress",
+           "build_model", "build_optim_cfg", "build_trainer", "evaluate", "setup", "fit", "compress", "accuracy", "evaluate_final",
            "save_deploy_file", "summarize", "report", "execute"]
 
 # One logger for the whole run: train.log's lines keep the name they always had.
@@ -73,8 +75,15 @@ class Timer(pl.Callback):
 
 
 def build_datamodule(cfg: DictConfig):
+    from hydra.errors import InstantiationException
+
     data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"}
-    return hydra.utils.instantiate(data_cfg, seed=cfg.seed)
+    try:
+        return hydra.utils.instantiate(data_cfg, seed=cfg.seed, _convert_="all")
+    except InstantiationException as e:  # the datamodule's own message (a bad data.* value), not Hydra's wrapper
+        if isinstance(e.__cause__, (ValueError, TypeError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise
 
 
 def _extra_rules(cfg: DictConfig) -> dict[str, list]:
@@ -250,6 +259,56 @@ def compress(job: Job) -> Compressed:
     return out
 
 
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, loader) -> dict[str, float | None]:
+    """Top-1 accuracy in % of `model` over `loader`'s (x, y[, exact]) batches: 'all', and with a
+    bit-exact mask 'exact' and 'jpeg' (the rest); 4 decimals, None where a part is empty."""
+    was_training = model.training
+    model.eval()
+    correct = {"all": 0, "exact": 0, "jpeg": 0}
+    count = dict.fromkeys(correct, 0)
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        hit = model(x).argmax(1) == y
+        correct["all"] += int(hit.sum())
+        count["all"] += len(y)
+        if len(batch) > 2:
+            m = batch[2]
+            correct["exact"] += int(hit[m].sum())
+            count["exact"] += int(m.sum())
+            correct["jpeg"] += int(hit[~m].sum())
+            count["jpeg"] += int((~m).sum())
+    model.train(was_training)
+    return {k: (round(100 * correct[k] / count[k], 4) if count[k] else None) for k in correct}
+
+
+def evaluate_final(job: Job) -> dict[str, Any]:
+    """The final model (decomposed, or the dense baseline) beyond the primary set: summary keys
+    ``official_test_acc*`` (data.eval_set=holdout and eval.official_test) and ``robust_acc_*``
+    (eval.robustness). Single-process, on rank 0; CIFAR-10 only (a datamodule with eval_arrays)."""
+    cfg, dm = job.cfg, job.datamodule
+    ev = cfg.get("eval") or {}
+    out: dict[str, Any] = {}
+    if not job.trainer.is_global_zero or not hasattr(dm, "eval_arrays"):
+        return out
+    from src.data.corruptions import CORRUPTIONS, corrupt
+
+    model, device = job.module.model, job.trainer.strategy.root_device
+    if dm.eval_set != "test" and ev.get("official_test", True):
+        acc = accuracy(model, dm.eval_loader(*dm.eval_arrays("official"), device=device))
+        out.update({"official_test_acc": acc["all"], "official_test_acc_exact": acc["exact"],
+                    "official_test_acc_jpeg": acc["jpeg"]})
+        if acc["exact"] is None:  # an exact copy of the test set (torchvision's): all of it is exact
+            out["official_test_acc_exact"] = acc["all"]
+    if ev.get("robustness", False):
+        x, y, _ = dm.eval_arrays("primary")
+        for name in CORRUPTIONS:
+            t0 = time.perf_counter()
+            out[f"robust_acc_{name}"] = accuracy(model, dm.eval_loader(corrupt(x, name, seed=0), y, device=device))["all"]
+            log.info("robustness %s: %.2f %% (%.1f s)", name, out[f"robust_acc_{name}"], time.perf_counter() - t0)
+    return out
+
+
 def save_deploy_file(cfg: DictConfig, path: Path, model: torch.nn.Module, datamodule, num_classes: int,
                      size, sha: str) -> None:
     """Stage 4: deploy.pt, the decomposed model with its preprocessing (src.deploy.load_deploy reads it)."""
@@ -270,7 +329,7 @@ def _pct(metrics: dict[str, float], key: str) -> float | None:
     return round(100 * metrics[key], 4) if key in metrics else None
 
 
-def summarize(job: Job, c: Compressed, t_start: float) -> dict[str, Any]:
+def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 5: the run's summary (src/summary.py gives every key's meaning and the order)."""
     cfg, trainer, metric = job.cfg, job.trainer, job.metric
     ident = runs.identity(cfg)
@@ -284,6 +343,10 @@ def summarize(job: Job, c: Compressed, t_start: float) -> dict[str, Any]:
         "bn_recalib": bool(cfg.structure.bn_recalib and c.has_structure),
         "train_subset": cfg.data.get("train_subset"), "test_subset": cfg.data.get("test_subset"),
     }
+    if hasattr(job.datamodule, "eval_set_name"):
+        values["eval_set"] = job.datamodule.eval_set_name
+        values["train_images"] = len(job.datamodule.arrays.train_x)
+    values.update(final or {})
     for stage in schema.STAGES:
         r = c.results[stage]
         values[f"test_{metric}_{stage}"] = _pct(r, f"test_{stage}/{metric}")
@@ -337,7 +400,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], t_start: float
     try:
         fit(job)
         compressed = compress(job)
-        summary = summarize(job, compressed, t_start)
+        summary = summarize(job, compressed, t_start, evaluate_final(job))
     finally:
         _close_loggers(job.trainer)
     if job.trainer.is_global_zero:

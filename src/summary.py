@@ -67,12 +67,33 @@ FIELDS: tuple[Field, ...] = (
                                "model without structured layers)"),
     Field("train_subset", _INT, "data.train_subset: training examples used (null: the whole split)", null=True),
     Field("test_subset", _INT, "data.test_subset: test examples used (null: the whole split)", null=True),
+    Field("eval_set", _STR, "the primary evaluation set, which the test_* keys measure: 'test' (the official test "
+                            "set) or 'train[start:end]' (training images held out, never trained on)",
+          required=False, new=True, task="classification"),
+    Field("train_images", _INT, "number of training images trained on", required=False, new=True,
+          task="classification"),
     # test figures, in %, 4 decimals (null where the metric was not logged)
     Field("test_{metric}_{stage}", _NUM, "test accuracy (classification) or mIoU (segmentation) in % after "
                                          "the stage", null=True),
     Field("test_acc_{stage}_exact_subset", _NUM, "test accuracy in % on the bit-exact subset of the offline "
                                                  "CIFAR-10 test set (npz layouts only)", null=True, required=False,
           task="classification"),
+    # the final model (decomposed; the baseline itself for a dense run) beyond the primary set, in %
+    Field("official_test_acc", _NUM, "accuracy on the whole official test set (when the primary set is held out)",
+          null=True, required=False, new=True, task="classification"),
+    Field("official_test_acc_exact", _NUM, "accuracy on the bit-exact part of the official test set (all of it "
+                                           "with torchvision's copy, 1,000 images in the offline npz copy)",
+          null=True, required=False, new=True, task="classification"),
+    Field("official_test_acc_jpeg", _NUM, "accuracy on the JPEG-decoded part of the offline npz test set "
+                                          "(null with an exact copy)", null=True, required=False, new=True,
+          task="classification"),
+    Field("robust_acc_jpeg75", _NUM, "accuracy on the primary set re-encoded as JPEG, quality 75 "
+                                     "(src/data/corruptions.py)", required=False, new=True, task="classification"),
+    Field("robust_acc_jpeg50", _NUM, "the same at JPEG quality 50", required=False, new=True, task="classification"),
+    Field("robust_acc_noise", _NUM, "accuracy on the primary set with Gaussian noise (sigma 0.05, seed 0)",
+          required=False, new=True, task="classification"),
+    Field("robust_acc_blur", _NUM, "accuracy on the primary set blurred (Gaussian, 3x3, sigma 1)",
+          required=False, new=True, task="classification"),
     # cost per image (src.structured.complexity)
     Field("params_dense", _INT, "parameters of the model as trained (full kernels)"),
     Field("params_decomposed", _INT, "parameters of the decomposed (deploy) model"),

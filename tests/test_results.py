@@ -10,7 +10,9 @@ from src import tables
 
 from .conftest import ROOT
 
-PROFILES = sorted(p.parent.name for p in (ROOT / "results").glob("*/runs") if p.is_dir())
+# every results/<profile>[/<part>]/runs folder (e.g. results/medium/runs, results/medium/sweep/runs)
+PROFILES = sorted(p.parent.relative_to(ROOT / "results").as_posix() for p in (ROOT / "results").rglob("runs")
+                  if p.is_dir() and any(p.rglob("summary.json")))
 
 
 def test_there_are_committed_runs():

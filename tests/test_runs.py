@@ -315,9 +315,13 @@ def test_reproduce_collects_run_logs_and_tables_regenerate_from_them(tmp_path, c
     from src import tables
 
     cmd = [sys.executable, "-m", "experiments.reproduce", "--profile", "smoke", "--data", str(cifar_npz),
-           "--runs", str(tmp_path / "runs"), "--collect", str(tmp_path / "collected")]
+           "--runs", str(tmp_path / "runs"), "--collect", str(tmp_path / "collected"), "--jobs", "2", "--threads", "1"]
     out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    for model in ("resnet20", "struct_resnet20_a"):  # side by side, one thread each, output to a file per run
+        text = (tmp_path / "runs" / "smoke" / model / "seed0.out").read_text()
+        assert f"finished {model}" in text, text[-2000:]
+        assert json.loads((tmp_path / "runs" / "smoke" / model / "seed0" / "summary.json").read_text())["threads"] == 1
     for model in ("resnet20", "struct_resnet20_a"):
         files = sorted(p.name for p in (tmp_path / "collected" / model / "seed0").iterdir())
         assert files == ["config.yaml", "metrics.csv", "overrides.yaml", "summary.json"], files
@@ -327,6 +331,32 @@ def test_reproduce_collects_run_logs_and_tables_regenerate_from_them(tmp_path, c
     b = tables.write_tables(tmp_path / "runs" / "smoke", tmp_path / "t2")
     for p, q in zip(a, b):
         assert p.read_bytes() == q.read_bytes(), p.name
+
+
+def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypatch, capsys):
+    """Until the sweep has chosen lambda, the medium profile runs only what does not depend on it,
+    says so, and exits non-zero; --only picks runs by label and refuses unknown labels."""
+    from experiments import reproduce
+
+    monkeypatch.setattr(reproduce, "MEDIUM_LAMBDA", None)
+    labels = [r[0] for r in reproduce.runs_of("medium")]
+    assert labels.count("resnet20") == 3 and labels.count("struct_resnet20_a_direct") == 3
+    assert labels.count("resnet56") == 1 and labels.count("struct_resnet56_a") == 1 and len(labels) == 14
+    monkeypatch.setattr(reproduce.subprocess, "Popen", lambda *a, **k: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--profile", "medium", "--data", str(tmp_path), "--only", "struct_resnet20_a",
+                        "--runs", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and "lambda is not chosen yet" in err and "struct_resnet20_a" in err
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--profile", "medium", "--data", str(tmp_path), "--only", "resnet21"])
+    assert e.value.code == 2 and "--only resnet21: not a run of profile medium" in capsys.readouterr().err
+    monkeypatch.setattr(reproduce, "MEDIUM_LAMBDA", 0.5)
+    cmds = reproduce.commands("medium", "/d", Path("runs"), [], only=["struct_resnet20_b"])
+    assert len(cmds) == 3 and all("structure.lam=0.5" in c and "data.holdout=[45000,50000]" in c for c in cmds)
+    sweep = reproduce.commands("medium_sweep", "/d", Path("runs"), [])
+    assert all("data.holdout=[40000,45000]" in c and "data.train_subset=40000" in c and "eval.official_test=false" in c
+               for c in sweep)  # lambda is chosen without the test set
 
 
 def test_dataset_and_schedule_shapes_are_validated():

@@ -244,8 +244,15 @@ class CifarLoader:
 
 
 class CIFAR10DataModule(pl.LightningDataModule):
-    """CIFAR-10 for Lightning. The test set doubles as the per-epoch validation set (the
-    standard CIFAR protocol has no validation split); only final-epoch figures are reported."""
+    """CIFAR-10 for Lightning.
+
+    The primary evaluation set (per-epoch validation and the final ``test_*`` figures) is either
+    the official test set (``eval_set="test"``, the standard protocol) or, ``eval_set="holdout"``,
+    the training images ``holdout = [start, end)``, never trained on: training then uses the first
+    ``train_subset`` images (default: ``start``), which must end at or before ``start``. The
+    official test set stays available (:meth:`eval_arrays`) for figures reported beside it. Only
+    final-epoch figures are reported.
+    """
 
     task = "classification"
     num_classes = 10
@@ -254,28 +261,77 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def __init__(self, root: str, batch_size: int = 128, eval_batch_size: int = 512, download: bool | str = "auto",
                  train_subset: int | None = None, test_subset: int | None = None, seed: int = 0,
                  device: str = "auto", channels_last: bool = False, url: str = CIFAR10_URL,
-                 md5: str | None = CIFAR10_MD5):
+                 md5: str | None = CIFAR10_MD5, eval_set: str = "test", holdout: list[int] | None = None):
         super().__init__()
         self.root, self.download, self.url, self.md5 = root, download, url, md5
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_subset, self.test_subset, self.seed = train_subset, test_subset, seed
         self.device_pref, self.channels_last = device, channels_last
+        if eval_set not in ("test", "holdout"):
+            raise ValueError(f"data.eval_set={eval_set!r}: expected 'test' (the official test set) or 'holdout' "
+                             f"(training images data.holdout=[start, end), never trained on)")
+        if eval_set == "holdout":
+            if not (isinstance(holdout, (list, tuple)) and len(holdout) == 2 and all(isinstance(v, int) for v in holdout)
+                    and 0 < holdout[0] < holdout[1]):
+                raise ValueError(f"data.holdout={holdout!r}: with data.eval_set=holdout it must be [start, end), "
+                                 f"integers with 0 < start < end (training images held out for evaluation)")
+            if train_subset is not None and train_subset > holdout[0]:
+                raise ValueError(f"data.train_subset={train_subset} overlaps data.holdout={list(holdout)}: training "
+                                 f"uses the first train_subset images, so it must be <= {holdout[0]}")
+        self.eval_set, self.holdout = eval_set, (list(holdout) if holdout is not None else None)
         self.arrays: CifarArrays | None = None
+        self.primary: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+
+    @property
+    def eval_set_name(self) -> str:
+        """The primary evaluation set, as summary.json names it: 'test' or 'train[start:end]'."""
+        return "test" if self.eval_set == "test" else f"train[{self.holdout[0]}:{self.holdout[1]}]"
 
     def setup(self, stage: str | None = None) -> None:
-        if self.arrays is None:
-            a = load_cifar10(self.root, self.download, self.url, self.md5)
-            for key, n, size in (("train_subset", self.train_subset, len(a.train_x)),
-                                 ("test_subset", self.test_subset, len(a.test_x))):
-                if n is not None and not 1 <= n <= size:
-                    raise ValueError(f"data.{key}={n}: must be between 1 and {size} (the size of that split at "
-                                     f"{self.root}), or null for all of it")
-            if self.train_subset:
-                a.train_x, a.train_y = a.train_x[: self.train_subset], a.train_y[: self.train_subset]
+        if self.arrays is not None:
+            return
+        a = load_cifar10(self.root, self.download, self.url, self.md5)
+        n_train = len(a.train_x)
+        if self.eval_set == "holdout" and self.holdout[1] > n_train:
+            raise ValueError(f"data.holdout={self.holdout}: ends after the {n_train} training images at {self.root}")
+        for key, n, size in (("train_subset", self.train_subset, n_train),
+                             ("test_subset", self.test_subset, len(a.test_x))):
+            if n is not None and not 1 <= n <= size:
+                raise ValueError(f"data.{key}={n}: must be between 1 and {size} (the size of that split at "
+                                 f"{self.root}), or null for all of it")
+        if self.eval_set == "holdout":
+            start, end = self.holdout
+            px, py = a.train_x[start:end], a.train_y[start:end]
             if self.test_subset:
-                a.test_x, a.test_y = a.test_x[: self.test_subset], a.test_y[: self.test_subset]
-                a.test_exact = None if a.test_exact is None else a.test_exact[: self.test_subset]
-            self.arrays = a
+                px, py = px[: self.test_subset], py[: self.test_subset]
+            self.primary = (px, py, None)  # training images: exact in every layout
+            n = self.train_subset or start
+            a.train_x, a.train_y = a.train_x[:n], a.train_y[:n]
+        elif self.train_subset:
+            a.train_x, a.train_y = a.train_x[: self.train_subset], a.train_y[: self.train_subset]
+        if self.test_subset:
+            a.test_x, a.test_y = a.test_x[: self.test_subset], a.test_y[: self.test_subset]
+            a.test_exact = None if a.test_exact is None else a.test_exact[: self.test_subset]
+        if self.eval_set == "test":
+            self.primary = (a.test_x, a.test_y, a.test_exact)
+        self.arrays = a
+
+    def eval_arrays(self, which: str = "primary") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(images uint8 NHWC, labels, bit-exact mask or None) of the 'primary' evaluation set or
+        the 'official' test set."""
+        self.setup()
+        if which == "primary":
+            return self.primary
+        if which == "official":
+            a = self.arrays
+            return a.test_x, a.test_y, a.test_exact
+        raise ValueError(f"eval_arrays({which!r}): expected 'primary' or 'official'")
+
+    def eval_loader(self, x: np.ndarray, y: np.ndarray, exact: np.ndarray | None = None,
+                    device: torch.device | str = "cpu") -> "CifarLoader":
+        """A single-process evaluation loader over given arrays (e.g. a corrupted copy)."""
+        return CifarLoader(x, y, self.eval_batch_size, train=False, device=device, exact=exact,
+                           channels_last=self.channels_last)
 
     def _device(self) -> torch.device:
         if self.device_pref != "auto":
@@ -296,9 +352,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> CifarLoader:
         rank, world = self._dist()
-        a = self.arrays
-        return CifarLoader(a.test_x, a.test_y, self.eval_batch_size, train=False, device=self._device(),
-                           exact=a.test_exact, rank=rank, world_size=world, channels_last=self.channels_last)
+        x, y, exact = self.primary
+        return CifarLoader(x, y, self.eval_batch_size, train=False, device=self._device(),
+                           exact=exact, rank=rank, world_size=world, channels_last=self.channels_last)
 
     val_dataloader = test_dataloader
 
