@@ -118,7 +118,8 @@ def group_runs(runs: list[dict]) -> dict[tuple, list[dict]]:
 
 def _recipe(s: dict) -> tuple:
     """What a structured run and its dense baseline must share to be compared."""
-    return (s.get("profile", ""), s.get("tag", ""), s.get("max_epochs"), s.get("train_subset"), s.get("test_subset"))
+    return (s.get("profile", ""), s.get("tag", ""), s.get("max_epochs"), s.get("train_subset"), s.get("test_subset"),
+            s.get("eval_set", "test"))
 
 
 def _label(key: tuple, g: list[dict], items: list[tuple]) -> str:
@@ -140,6 +141,117 @@ def _family_order(model: str) -> tuple:
     return (base, entry.variant or "")
 
 
+def _gap(g: list[dict], base: list[dict], key: str) -> str:
+    """Decomposed accuracy minus the dense baseline's: mean +- std over the seeds both have (paired
+    by seed), else the difference of the means."""
+    if not base:
+        return "-"
+    by_seed = {s["seed"]: s[key] for s in base}
+    if all(s["seed"] in by_seed for s in g):
+        diffs = [s[key] - by_seed[s["seed"]] for s in g]
+        if len(diffs) == 1:
+            return f"{diffs[0]:+.2f}"
+        return f"{statistics.mean(diffs):+.2f} +- {statistics.stdev(diffs):.2f}"
+    return f"{_mean([s[key] for s in g]) - _mean([s[key] for s in base]):+.2f}"
+
+
+def _eval_sets(runs: list[dict]) -> str:
+    names = sorted({s.get("eval_set", "test") for s in runs})
+    text = []
+    for n in names:
+        if n == "test":
+            text.append("`test` (the official CIFAR-10 test set)")
+        else:
+            text.append(f"`{n}` (training images held out: never trained on, exact)")
+    return ", ".join(text)
+
+
+def _robustness_table(items: list[tuple], metric: str) -> list[str]:
+    from src.data.corruptions import CORRUPTIONS
+
+    rows = [(k, g) for k, g in items if any(s.get(f"robust_acc_{c}") is not None for s in g for c in CORRUPTIONS)]
+    if not rows:
+        return []
+    lines = ["", "## Robustness (final models, primary set)", "",
+             "Accuracy in % of the final (decomposed) model on corrupted copies of the primary evaluation set, "
+             "generated from the exact images (src/data/corruptions.py: " +
+             "; ".join(f"{c}: {d}" for c, d in CORRUPTIONS.items()) + "), and d: its change from the clean "
+             "figure, per run, mean +- std over seeds.", "",
+             "| model | route | seeds | clean | " + " | ".join(f"{c} | d({c})" for c in CORRUPTIONS) + " |",
+             "|---|---|---:|---:|" + "---:|---:|" * len(CORRUPTIONS)]
+    for key, g in rows:
+        clean = f"test_{metric}_decomposed"
+        cells = []
+        for c in CORRUPTIONS:
+            got = [s.get(f"robust_acc_{c}") for s in g]
+            drops = [s[f"robust_acc_{c}"] - s[clean] for s in g if s.get(f"robust_acc_{c}") is not None]
+            cells += [_mean_std(got), _signed(drops)]
+        lines.append(f"| {_label(key, g, items)} | {key[2]} | {len(g)} | {_mean_std([s[clean] for s in g])} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _signed(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:+.2f}"
+    return f"{statistics.mean(values):+.2f} +- {statistics.stdev(values):.2f}"
+
+
+def _lambda_sweep(items: list[tuple], metric: str) -> list[str]:
+    """Where a model has regularized rows at several lambdas: decomposed accuracy per (lambda,
+    model) and the lambda with the best mean over the models swept."""
+    by_model: dict[str, dict[float, list[float]]] = defaultdict(dict)
+    for (_, model, route, *_), g in items:
+        if route == "regularized" and get_entry(model).variant:
+            by_model[model].setdefault(float(g[0]["lambda"]), []).extend(s[f"test_{metric}_decomposed"] for s in g)
+    swept = {m: v for m, v in by_model.items() if len(v) > 1}
+    if not swept:
+        return []
+    models = sorted(swept)
+    lambdas = sorted({lam for v in swept.values() for lam in v})
+    lines = ["", "## Lambda", "",
+             "Decomposed accuracy (mean over seeds) on the primary set per lambda; the mean over the models "
+             "swept chooses lambda (highest mean; only lambdas every model has).", "",
+             "| lambda | " + " | ".join(models) + " | mean |", "|---:|" + "---:|" * (len(models) + 1)]
+    best = None
+    for lam in lambdas:
+        vals = [_mean(swept[m].get(lam, [])) for m in models]
+        full = all(v is not None for v in vals)
+        mean = statistics.mean(vals) if full else None
+        if full and (best is None or mean > best[1]):
+            best = (lam, mean)
+        lines.append(f"| {lam:g} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals)
+                     + f" | {'-' if mean is None else f'{mean:.2f}'} |")
+    if best:
+        lines += ["", f"Chosen: lambda = {best[0]:g} (mean {best[1]:.2f})."]
+    return lines
+
+
+def _per_run(items: list[tuple], metric: str, official: bool) -> list[str]:
+    key = f"test_{metric}"
+    head = "| run | seed | trained | projected | decomposed | d(dec) |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    if official:
+        head += " official exact | official JPEG |"
+        rule += "---:|---:|"
+    lines = ["", "## Per run", "", head.rstrip("|").rstrip() + " | epochs | wall time | img/s | code |", rule + "---:|---:|---:|---|"]
+    for k, g in items:
+        for s in g:
+            row = (f"| {_label(k, g, items)} ({k[2]}) | {s['seed']} | {s[f'{key}_dense']:.2f} | {s[f'{key}_projected']:.2f} "
+                   f"| {s[f'{key}_decomposed']:.2f} | {s[f'{key}_decomposed'] - s[f'{key}_dense']:+.2f} |")
+            if official:
+                row += "".join(f" {'-' if s.get(f) is None else format(s[f], '.2f')} |"
+                               for f in ("official_test_acc_exact", "official_test_acc_jpeg"))
+            rate = s.get("train_images_per_s")
+            row += (f" {s['epochs']} | {s['wall_time_s'] / 60:.1f} min | {'-' if rate is None else rate} "
+                    f"| {str(s.get('git_sha', '?'))[:7]} |")
+            lines.append(row)
+    return lines
+
+
 def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
     metric = "miou" if dataset == "cityscapes" else "acc"
     label = "mIoU" if metric == "miou" else "top-1"
@@ -147,29 +259,36 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
                    key=lambda kv: (_family_order(kv[0][1]), kv[0][2], kv[0][3], kv[1][0].get("max_epochs") or 0,
                                    str(kv[1][0].get("lambda")), kv[0][5]))
     runs = [s for _, g in items for s in g]
+    official = any(s.get("official_test_acc") is not None for s in runs)
     profiles = sorted({s.get("profile", "") or "custom" for s in runs})
     devices = sorted({f"{s.get('device', '?')} x{s.get('world_size', 1)}, {s.get('threads', '?')} threads, torch {s.get('torch', '?')}" for s in runs})
     shas = sorted({s.get("git_sha", "?") for s in runs})
-    baseline: dict[tuple, list[float]] = defaultdict(list)
+    baseline: dict[tuple, list[dict]] = defaultdict(list)
     for (_, model, route, *_), g in items:
         if not get_entry(model).variant and route == "regularized":
-            baseline[(model, _recipe(g[0]))] += [s[f"test_{metric}_decomposed"] for s in g]
+            baseline[(model, _recipe(g[0]))] += g
+    extra_head = "official exact (dec) | official JPEG (dec)" if official else "exact-subset (dec)"
     lines = [
         f"# {dataset}: structured vs dense (generated)",
         "",
         f"Generated by `python -m src.tables` from {len(runs)} runs; do not edit by hand. "
         f"Profile(s): {', '.join(profiles)}. Machine(s): {'; '.join(devices)}. Code: {', '.join(shas)}.",
         "",
-        f"Test {label} in % at the final epoch (mean +- std over seeds; never a best epoch). "
-        "trained: the model as trained (full kernels); projected: after W <- AA^+W (+ BatchNorm "
+        f"Primary evaluation set: {_eval_sets(runs)}. "
+        f"{label.capitalize() if metric == 'miou' else 'Top-1'} in % on it at the final epoch (mean +- std over seeds; "
+        "never a best epoch). trained: the model as trained (full kernels); projected: after W <- AA^+W (+ BatchNorm "
         "recalibration where enabled); decomposed: the deploy model (sum-pooling + small convs). "
         "Params / mults / adds: the decomposed model per image, with its ratio to the dense model "
         "(adds: naive sum-pool convention). d(proj): projected minus trained before BN recalibration; "
-        "d(dec): decomposed minus trained; vs dense: decomposed minus the dense baseline's mean.",
+        "d(dec): decomposed minus trained; vs dense: decomposed minus the dense baseline (paired by seed: "
+        "mean +- std of the per-seed differences)."
+        + (" official exact / JPEG: the decomposed model on the official test set's bit-exact images and on "
+           "its JPEG-decoded ones (offline copy: 1,000 / 9,000), reported beside the primary set, never used "
+           "for a choice." if official else ""),
         "",
         "| model | route | seeds | epochs | lambda | trained | projected | decomposed | d(proj) | d(dec) | vs dense "
-        "| exact-subset (dec) | params | mults | adds | final residual | code |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {extra_head} | params | mults | adds | final residual | code |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if official else "") + "---:|---:|---:|---:|---|",
     ]
     configs, mixed = [], []
     for key, g in items:
@@ -190,20 +309,27 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
         d_proj = [s[f"{key}_projected_raw"] - s[f"{key}_dense"] for s in g if s.get(f"{key}_projected_raw") is not None]
         d_dec = [s[f"{key}_decomposed"] - s[f"{key}_dense"] for s in g]
         dense_name = get_entry(model).dense_name or model
-        base = _mean(baseline.get((dense_name, _recipe(first)), []))
-        vs_dense = "-" if base is None else f"{_mean([s[f'{key}_decomposed'] for s in g]) - base:+.2f}"
-        exact = [s.get(f"{key}_decomposed_exact_subset") for s in g]
+        vs_dense = _gap(g, baseline.get((dense_name, _recipe(first)), []), f"{key}_decomposed")
+        if official:
+            extra = (f"{_mean_std([s.get('official_test_acc_exact') for s in g])} "
+                     f"| {_mean_std([s.get('official_test_acc_jpeg') for s in g])}")
+        else:
+            extra = _mean_std([s.get(f"{key}_decomposed_exact_subset") for s in g])
         lam = "-" if route == "direct" or not get_entry(model).variant else f"{first['lambda']:g}"
         residual = _mean([s.get("structural_residual_final") for s in g])
         lines.append(
             f"| {label} | {route} | {len(g)} | {first['epochs']} | {lam} | {_mean_std([s[f'{key}_dense'] for s in g])} "
             f"| {_mean_std([s[f'{key}_projected'] for s in g])} | {_mean_std([s[f'{key}_decomposed'] for s in g])} "
-            f"| {_mean_std(d_proj) if d_proj else '-'} | {_mean_std(d_dec)} | {vs_dense} | {_mean_std(exact)} "
+            f"| {_mean_std(d_proj) if d_proj else '-'} | {_mean_std(d_dec)} | {vs_dense} | {extra} "
             f"| {first['params_decomposed']:,} ({first['params_decomposed'] / first['params_dense']:.2f}x) "
             f"| {_si(first['mults_decomposed'])} ({first['mults_decomposed'] / first['mults_dense']:.2f}x) "
             f"| {_si(first['adds_decomposed'])} ({first['adds_decomposed'] / first['adds_dense']:.2f}x) "
             f"| {residual:.2e} | {code} |"
         )
+    lines += _lambda_sweep(items, metric)
+    lines += _robustness_table(items, metric)
+    if official or any(len(g) > 1 for _, g in items):
+        lines += _per_run(items, metric, official)
     timing = [f"{s['model']} seed {s['seed']}: {s['wall_time_s'] / 60:.1f} min, {s['train_images_per_s']} img/s"
               for _, g in items for s in g if s.get("train_images_per_s")]
     lines += ["", "Configurations (a row's runs differ in the seed only):", "", *configs]
@@ -247,27 +373,46 @@ def plot_acc_vs_macs(dataset: str, groups: dict[tuple, list[dict]], out: Path) -
     _savefig(fig, out)
 
 
+def _mean_band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Per epoch: mean, min and max over the seeds that have it."""
+    per_epoch: dict[int, list[float]] = defaultdict(list)
+    for c in curves:
+        for e, v in c:
+            per_epoch[e].append(v)
+    epochs = sorted(per_epoch)
+    return (epochs, [statistics.mean(per_epoch[e]) for e in epochs], [min(per_epoch[e]) for e in epochs],
+            [max(per_epoch[e]) for e in epochs])
+
+
 def plot_training(dataset: str, groups: dict[tuple, list[dict]], out: Path) -> None:
+    """Per configuration: validation accuracy and mean structural residual per epoch, the mean over
+    seeds as a line and the range over seeds as a band."""
     metric = "val/miou" if dataset == "cityscapes" else "val/acc"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     selected = [(k, g) for k, g in groups.items() if k[0] == dataset]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (key, g) in enumerate(selected):
         route = key[2]
-        curves = read_curves(g[0]["_dir"])
-        label = f"{_label(key, g, selected)}{' (direct)' if route == 'direct' else ''} seed {g[0]['seed']}"
-        style = dict(marker=".", label=label, color=colours[i % len(colours)])  # same colour in both panels
-        if metric in curves:
-            ax2.plot([e + 1 for e, _ in curves[metric]], [100 * v for _, v in curves[metric]], **style)
-        if "residual/mean" in curves:
-            ax1.plot([e + 1 for e, _ in curves["residual/mean"]], [v for _, v in curves["residual/mean"]], **style)
+        curves = [read_curves(s["_dir"]) for s in g]
+        seeds = "seed " + ",".join(str(s["seed"]) for s in g) if len(g) <= 3 else f"{len(g)} seeds"
+        label = f"{_label(key, g, selected)}{' (direct)' if route == 'direct' else ''} {seeds}"
+        colour = colours[i % len(colours)]  # same colour in both panels
+        for ax, name, scale in ((ax2, metric, 100.0), (ax1, "residual/mean", 1.0)):
+            series = [c[name] for c in curves if name in c]
+            if not series:
+                continue
+            epochs, mean, lo, hi = _mean_band(series)
+            x = [e + 1 for e in epochs]
+            ax.plot(x, [scale * v for v in mean], marker=".", label=label, color=colour)
+            if len(series) > 1:
+                ax.fill_between(x, [scale * v for v in lo], [scale * v for v in hi], color=colour, alpha=0.2, lw=0)
     ax1.set_yscale("log")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("mean relative structural residual")
     ax1.set_title("structural residual during training")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("test accuracy (%) of the trained model")
-    ax2.set_title("accuracy during training")
+    ax2.set_ylabel("primary-set accuracy (%) of the trained model")
+    ax2.set_title("accuracy during training (mean, range over seeds)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -146,3 +146,29 @@ def test_summaries_follow_the_schema(runs_dir, tmp_path):
         tables.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     with pytest.raises(summary.SummaryError, match="unknown summary key"):
         summary.assemble("classification", {**json.loads(paths[0].read_text()), "surprise": 1})
+
+
+def test_held_out_runs_get_official_robustness_per_run_and_lambda_sections(runs_dir, tmp_path):
+    """Runs evaluated on a held-out primary set: the official-test columns, the robustness table
+    (drops per run, mean +- std), the per-run table, the gap to dense paired by seed, and the
+    lambda section choosing the best mean over the models swept."""
+    extra = {"eval_set": "train[800:1000]", "official_test_acc": 50.0, "official_test_acc_exact": 60.0,
+             "official_test_acc_jpeg": 48.0, "robust_acc_jpeg75": 40.0, "robust_acc_jpeg50": 30.0,
+             "robust_acc_noise": 20.0, "robust_acc_blur": 10.0}
+    dense = json.loads((runs_dir / "resnet20" / "seed0" / "summary.json").read_text())
+    for seed, acc in ((0, 60.0), (1, 62.0)):  # dense baseline, two seeds
+        dst = tmp_path / "runs" / f"dense{seed}"
+        shutil.copytree(runs_dir / "resnet20" / "seed0", dst)
+        (dst / "summary.json").write_text(json.dumps({**dense, **extra, "seed": seed, "test_acc_decomposed": acc}))
+    for seed, acc in ((0, 59.0), (1, 62.5)):  # structured, lambda 2: gaps -1.0 and +0.5
+        _variant(runs_dir, tmp_path, f"a{seed}", seed=seed, test_acc_decomposed=acc, **extra)
+    for lam, acc in ((0.5, 61.0), (8.0, 58.0)):
+        _variant(runs_dir, tmp_path, f"lam{lam}", config_hash=f"lam{lam}", test_acc_decomposed=acc,
+                 **{"lambda": lam, **extra})
+    md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
+    assert "`train[800:1000]` (training images held out" in md
+    assert "official exact (dec) | official JPEG (dec)" in md and "| 60.00 | 48.00 |" in md
+    assert "| -0.25 +- 1.06 |" in md  # paired gap: mean of (-1.0, +0.5), its std
+    assert "## Robustness" in md and "| blur | d(blur) |" in md
+    assert "## Per run" in md and md.count("| struct_resnet20_a") >= 4
+    assert "## Lambda" in md and "Chosen: lambda = 0.5" in md
