@@ -8,10 +8,15 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all bench bench-core complexity reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
+.PHONY: help install test test-all bench bench-core complexity gpu-smoke reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
 
-# Reproduction: PROFILE=quick (2-core CPU, ~30 min) or full (the paper's recipe; GPU).
+# Reproduction: PROFILE=quick (2-core CPU, ~30 min), medium_sweep + medium (the CPU reference:
+# hours, resumable), or full (the paper's recipe; GPU). Tables go to results/<profile>
+# (medium_sweep: results/medium/sweep).
 PROFILE ?= full
+RESULTS_medium_sweep = results/medium/sweep
+RESULTS ?= $(or $(RESULTS_$(PROFILE)),results/$(PROFILE))
+DEVICE ?= cuda
 RUNS ?= runs
 # CIFAR-10 folder (npz pair or torchvision's cifar-10-batches-py/); fetched there when absent and online.
 CIFAR_ROOT ?= data/cifar10
@@ -22,8 +27,10 @@ help:                   ## list the targets
 	@echo "make install                      create .venv (Python 3.11, pinned torch) and install the project"
 	@echo "make test                         the default test suite (fast; CI runs this)"
 	@echo "make test-all                     every test, slow ones included"
-	@echo "make reproduce-cifar [PROFILE=quick|full] [CIFAR_ROOT=dir]"
-	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: 25-50 min on 2 CPU cores)"
+	@echo "make reproduce-cifar [PROFILE=quick|medium_sweep|medium|full] [CIFAR_ROOT=dir]"
+	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: 25-50 min on 2 CPU cores;"
+	@echo "                                  medium_sweep then medium: the CPU reference, about 20 h, resumable)"
+	@echo "make gpu-smoke [DEVICE=cuda|cpu]  exactness on the device, one CIFAR-10 epoch, speed pairs (< 8 min on a GPU)"
 	@echo "make reproduce-imagenet DATA=dir  the ImageNet runs (GPU-sized)"
 	@echo "make reproduce-cityscapes DATA=dir the Cityscapes runs (GPU-sized)"
 	@echo "make tables [PROFILE=...]         tables and plots from results/<profile>/runs into results/<profile>"
@@ -61,8 +68,11 @@ reproduce-cifar: install
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --data $(CIFAR_ROOT) --runs $(RUNS)
 	$(MAKE) tables PROFILE=$(PROFILE)
 
+gpu-smoke: install       # what a lent GPU runs first: exactness on the device, one CIFAR-10 epoch, speed pairs (< 8 min)
+	$(PY) -m experiments.gpu_smoke --data $(CIFAR_ROOT) --device $(DEVICE) --out $(RUNS)/gpu_smoke
+
 tables: install          # from the collected run logs (committed under results/<profile>/runs)
-	$(PY) -m src.tables --runs results/$(PROFILE)/runs --out results/$(PROFILE) --quiet
+	$(PY) -m src.tables --runs $(RESULTS)/runs --out $(RESULTS) --quiet
 
 reproduce-imagenet: install
 	@test -n "$(DATA)" || { echo "usage: make reproduce-imagenet DATA=/path/to/imagenet (train/ and val/ folders)"; exit 2; }
