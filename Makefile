@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all bench bench-core complexity gpu-smoke reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
+.PHONY: help install test test-all bench bench-core complexity gpu-smoke compare-cifar reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
 
 # Reproduction: PROFILE=quick (2-core CPU, ~30 min), medium_sweep + medium (the CPU reference:
 # hours, resumable), or full (the paper's recipe; GPU). Tables go to results/<profile>
@@ -30,6 +30,7 @@ help:                   ## list the targets
 	@echo "make reproduce-cifar [PROFILE=quick|medium_sweep|medium|full] [CIFAR_ROOT=dir]"
 	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: 25-50 min on 2 CPU cores;"
 	@echo "                                  medium_sweep then medium: the CPU reference, about 20 h, resumable)"
+	@echo "make compare-cifar PROFILE=medium pruning / SVD / structured fine-tuned from the medium dense runs, at equal MACs"
 	@echo "make gpu-smoke [DEVICE=cuda|cpu]  exactness on the device, one CIFAR-10 epoch, speed pairs (< 8 min on a GPU)"
 	@echo "make reproduce-imagenet DATA=dir  the ImageNet runs (GPU-sized)"
 	@echo "make reproduce-cityscapes DATA=dir the Cityscapes runs (GPU-sized)"
@@ -67,6 +68,11 @@ complexity: install
 reproduce-cifar: install
 	$(PY) -m experiments.reproduce --profile $(PROFILE) --data $(CIFAR_ROOT) --runs $(RUNS)
 	$(MAKE) tables PROFILE=$(PROFILE)
+
+compare-cifar: install   # compression baselines at equal MACs from the medium profile's dense runs (PROFILE=medium)
+	@test "$(PROFILE)" = medium || { echo "usage: make compare-cifar PROFILE=medium (the baselines start from that profile's trained resnet20 runs)"; exit 2; }
+	$(PY) -m experiments.reproduce --profile medium_compare --data $(CIFAR_ROOT) --runs $(RUNS)
+	$(MAKE) tables PROFILE=medium
 
 gpu-smoke: install       # what a lent GPU runs first: exactness on the device, one CIFAR-10 epoch, speed pairs (< 8 min)
 	$(PY) -m experiments.gpu_smoke --data $(CIFAR_ROOT) --device $(DEVICE) --out $(RUNS)/gpu_smoke

@@ -36,6 +36,11 @@ MEDIUM_EPOCHS = 15
 # split (results/medium/sweep/cifar10.md); None until that sweep has chosen, which stops those runs.
 MEDIUM_LAMBDA: float | None = None
 SWEEP_LAMBDAS = (0.5, 2.0, 8.0)
+# Compression baselines (PROFILE=medium_compare, `make compare-cifar`): every method fine-tunes
+# the medium profile's trained dense resnet20 of the same seed, same recipe for all.
+COMPARE_EPOCHS = 5
+COMPARE_LR = 0.01
+COMPARE_METHODS = ("structured", "prune_l1", "svd_weight", "svd_spatial")
 
 
 def _variants(*names: str) -> list[str]:
@@ -75,6 +80,17 @@ PROFILES = {
                                     *_holdout(40_000, 45_000), "eval.official_test=false"],
                          runs=[(f"{m}_lam{lam:g}", m, [f"structure.lam={lam}", f"tag=_lam{lam:g}"])
                                for lam in SWEEP_LAMBDAS for m in ("struct_resnet20_a", "struct_resnet20_b")]),
+    # Against the alternatives at equal MACs: each method compresses the medium profile's trained
+    # dense resnet20 (seed k -> seed k) to the MAC ratio of struct_resnet20_a (seeds 0-2) and of
+    # struct_resnet20_b (seed 0), then fine-tunes 5 epochs at lr 0.01 (cosine); evaluated like medium.
+    "medium_compare": dict(dataset="cifar10", seeds=[0, 1, 2], jobs=2, threads=1, results="results/medium",
+                           overrides=[f"trainer.max_epochs={COMPARE_EPOCHS}", f"optim.lr={COMPARE_LR}",
+                                      "model.channels_last=true", "trainer.progress_bar=simple",
+                                      *_holdout(45_000, 50_000)],
+                           runs=[(f"{m}_{t}", f"compress/{m}_{t}",
+                                  ["init_from=medium/resnet20", *(["lambda"] if m == "structured" else []),
+                                   *(["seeds=0"] if t == "b" else [])])
+                                 for t in ("a", "b") for m in COMPARE_METHODS]),
     "smoke": dict(dataset="cifar10", models=["resnet20", "struct_resnet20_a"], seeds=[0],
                   overrides=["trainer.max_epochs=1", "trainer.progress_bar=none", "data.train_subset=512",
                              "data.test_subset=256", "data.batch_size=64", "structure.bn_recalib_batches=2"]),
@@ -88,28 +104,34 @@ class ProfileError(ValueError):
     """A profile cannot run as asked (e.g. its lambda has not been chosen yet)."""
 
 
-def runs_of(profile: str) -> list[tuple[str, str, int, list[str]]]:
-    """(label, experiment, seed, overrides) of every run of `profile`, in order."""
+def runs_of(profile: str, runs: Path = Path("runs")) -> list[tuple[str, str, int, list[str]]]:
+    """(label, experiment, seed, overrides) of every run of `profile`, in order. An item
+    ``init_from=<profile>/<label>`` of a run starts it from that run's deploy.pt (same seed) under
+    `runs`."""
     spec = PROFILES[profile]
     out = []
     for label, exp, extra in spec.get("runs") or [(m, m, []) for m in spec["models"]]:
         seeds = spec["seeds"]
-        overrides = []
+        overrides, init = [], None
         for item in extra:
             if item.startswith("seeds="):
                 seeds = [int(v) for v in item.removeprefix("seeds=").split(",")]
+            elif item.startswith("init_from="):
+                init = item.removeprefix("init_from=")
             elif item == "lambda":
                 overrides.append(f"structure.lam={MEDIUM_LAMBDA}" if MEDIUM_LAMBDA is not None else "structure.lam=?")
             else:
                 overrides.append(item)
-        out.extend((label, exp, seed, overrides) for seed in seeds)
+        for seed in seeds:
+            start = [f"model.init_from={runs / init / f'seed{seed}' / 'deploy.pt'}"] if init else []
+            out.append((label, exp, seed, overrides + start))
     return out
 
 
 def commands(profile: str, data: str, runs: Path, extra: list[str], only: list[str] | None = None) -> list[list[str]]:
     spec = PROFILES[profile]
     cmds = []
-    for label, exp, seed, overrides in runs_of(profile):
+    for label, exp, seed, overrides in runs_of(profile, runs):
         if only and label not in only:
             continue
         run_dir = runs / profile / label / f"seed{seed}"
@@ -177,6 +199,15 @@ def main(argv=None) -> None:
               f"experiments/reproduce.py): run PROFILE=medium_sweep, set it from results/medium/sweep/cifar10.md, "
               f"commit, and run again. Until then the runs of {', '.join(names)} are left out.", file=sys.stderr)
         cmds = [c for c in cmds if c not in pending]
+    missing = [c for c in cmds if any(a.startswith("model.init_from=") and not Path(a.split("=", 1)[1]).exists()
+                                      for a in c)]
+    if missing and not args.dry_run:
+        paths = [next(a.split("=", 1)[1] for a in c if a.startswith("model.init_from=")) for c in missing]
+        print(f"reproduce: {len(missing)} run(s) of {args.profile} start from trained runs that are not there yet "
+              f"({', '.join(sorted(set(paths)))}): run the profile that makes them first (PROFILE=medium); "
+              f"those runs are left out.", file=sys.stderr)
+        cmds = [c for c in cmds if c not in missing]
+        pending = pending + missing
     jobs = max(1, args.jobs or spec.get("jobs", 1))
     threads = args.threads or spec.get("threads")
     collect_root = args.collect or Path(spec.get("results", f"results/{args.profile}")) / "runs"

@@ -31,6 +31,9 @@ NON_IDENTITY_KEYS = (
     "data.root", "data.download", "data.url", "data.md5", "data.device", "data.eval_batch_size",
     "data.num_workers", "data.pin_memory",
     "trainer.progress_bar", "trainer.log_every_n_steps", "logger",
+    # where the starting weights live (like data.root): one configuration started from each seed's
+    # trained network stays one configuration; summary.json records the path
+    "model.init_from",
 )
 # Hydra override keys left out of a run's name (besides the identity-free ones above).
 NAME_EXCLUDE = ("seed", "exp", "model.name", "profile", "tag", *NON_IDENTITY_KEYS)
