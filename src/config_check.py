@@ -74,6 +74,16 @@ def _bool(v):
     return None if isinstance(v, bool) else "true or false"
 
 
+def _path(v):
+    return None if isinstance(v, str) and v.strip() else "a file path (string) or null"
+
+
+def _method(v):
+    from src.compress import METHODS
+
+    return None if v is None or v in METHODS else f"one of {', '.join(METHODS)} or null"
+
+
 # key -> check; a key absent from the config (another dataset's or optimizer's) is skipped.
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "seed": _int(0),
@@ -90,6 +100,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "structure.bn_recalib_batches": _int(1),
     "structure.decompose_tol": _num(0.0, lo_open=True),
     "model.channels_last": _bool,
+    "model.init_from": _or_null(_path),
+    "model.pretrained": _bool,
+    "model.compress.method": _method,
+    "model.compress.mults_ratio": _or_null(_num(0.0, 1.0, lo_open=True)),
     "data.batch_size": _int(1),
     "data.eval_batch_size": _int(1),
     "data.train_subset": _int(1, null=True),
@@ -130,6 +144,33 @@ def _get(container: dict, key: str):
 _MISSING = object()
 
 
+def _model_problems(c: dict) -> list[str]:
+    """model.init_from / model.pretrained / model.compress.* against each other and the model."""
+    problems = []
+    init_from, pretrained = _get(c, "model.init_from"), _get(c, "model.pretrained")
+    if init_from not in (_MISSING, None) and pretrained is True:
+        problems.append(f"model.init_from={init_from!r} and model.pretrained=true: choose one")
+    method, ratio = _get(c, "model.compress.method"), _get(c, "model.compress.mults_ratio")
+    method = None if method is _MISSING else method
+    ratio = None if ratio is _MISSING else ratio
+    if method is not None and ratio is None:
+        problems.append(f"model.compress.mults_ratio=null: model.compress.method={method!r} needs a target "
+                        f"(a number in (0, 1])")
+    if method is None and ratio is not None:
+        problems.append(f"model.compress.mults_ratio={ratio!r}: set model.compress.method too (or leave both null)")
+    if method is not None:
+        name, rules, route = _get(c, "model.name"), _get(c, "structure.rules"), _get(c, "structure.route")
+        if isinstance(name, str) and name.startswith("struct_"):
+            problems.append(f"model.compress.method={method!r} with model.name={name}: compression starts from the "
+                            f"dense model (use model.name={name.removeprefix('struct_')[:-2]})")
+        if rules not in (_MISSING, None, []):
+            problems.append(f"model.compress.method={method!r} with structure rules: use one or the other")
+        if route == "direct":
+            problems.append(f"model.compress.method={method!r} with structure.route=direct: compression fine-tunes "
+                            f"the given weights (structure.route=regularized)")
+    return problems
+
+
 def validate(cfg: DictConfig | dict) -> None:
     """Raise ConfigError listing every out-of-range value (key, value, what is allowed)."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -163,6 +204,7 @@ def validate(cfg: DictConfig | dict) -> None:
         elif _is_int(n_train) and n_train > holdout[0]:
             problems.append(f"data.train_subset={n_train}: overlaps data.holdout={holdout}; training uses the "
                             f"first train_subset images, so it must be <= {holdout[0]}")
+    problems += _model_problems(c)
     milestones = _get(c, "optim.milestones")
     if milestones is not _MISSING and (not isinstance(milestones, list) or not all(_is_num(m) and m > 0 for m in milestones)):
         problems.append(f"optim.milestones={milestones!r}: must be a list of positive epoch numbers")

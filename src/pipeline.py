@@ -36,6 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import runs
 from src import summary as schema
+from src.compress import compress as compress_model
+from src.init_from import init_model
 from src.lit import ClassificationModule, SegmentationModule, recalibrate_bn
 from src.lit.module import StructuredModule
 from src.models import create_model, get_entry
@@ -95,6 +97,15 @@ def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     extra = _extra_rules(cfg)
     model = create_model(cfg.model.name, num_classes=num_classes,
                          structure=extra if extra["rules"] else None, **(cfg.model.kwargs or {}))
+    loaded = init_model(model, cfg, cfg.model.name)  # model.init_from / model.pretrained (src/init_from.py)
+    if loaded:
+        log.info("initial weights: %s", loaded)
+    method = (cfg.model.get("compress") or {}).get("method")
+    if method:  # model.compress.* (src/compress): the dense model, its weights loaded, compressed
+        model = compress_model(model, method, cfg.model.compress.mults_ratio, get_entry(cfg.model.name).input_size)
+        info = model.compress_info
+        log.info("compressed by %s to %.4f x the mults (target %s; knob %s)", method, info["achieved_mults_ratio"],
+                 info["target_mults_ratio"], info["knob"])
     route = cfg.structure.route
     if route not in ("regularized", "direct"):
         raise ValueError(f"structure.route={route!r}: expected 'regularized' or 'direct'")
@@ -343,6 +354,13 @@ def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | N
         "bn_recalib": bool(cfg.structure.bn_recalib and c.has_structure),
         "train_subset": cfg.data.get("train_subset"), "test_subset": cfg.data.get("test_subset"),
     }
+    init_from, method = cfg.model.get("init_from"), (cfg.model.get("compress") or {}).get("method")
+    if init_from or cfg.model.get("pretrained"):
+        values["init_from"] = str(init_from) if init_from else "pretrained"
+    if method:
+        uncompressed = create_model(cfg.model.name, num_classes=job.num_classes, **(cfg.model.kwargs or {}))
+        values.update(method=method, target_mults_ratio=cfg.model.compress.mults_ratio, achieved_mults_ratio=round(
+            c.cost.mults_decomposed / complexity(uncompressed, job.input_size).mults, 6))
     if hasattr(job.datamodule, "eval_set_name"):
         values["eval_set"] = job.datamodule.eval_set_name
         values["train_images"] = len(job.datamodule.arrays.train_x)

@@ -72,6 +72,18 @@ FIELDS: tuple[Field, ...] = (
           required=False, new=True, task="classification"),
     Field("train_images", _INT, "number of training images trained on", required=False, new=True,
           task="classification"),
+    # where the weights came from and how they were compressed (src/init_from.py, src/compress)
+    Field("init_from", _STR, "model.init_from: the weights the run started from (a Lightning checkpoint, a dense "
+                             "run's deploy.pt or a state_dict file; 'pretrained' for model.pretrained=true); absent "
+                             "for a random initialisation", required=False, new=True),
+    Field("method", _STR, "model.compress.method: how the model was compressed before training (src/compress: "
+                          "structured, prune_l1, svd_weight, svd_spatial); absent without compression",
+          required=False, new=True),
+    Field("target_mults_ratio", _NUM, "model.compress.mults_ratio: target multiplications per image of the "
+                                      "compressed model (decomposed form) over the uncompressed model's",
+          required=False, new=True),
+    Field("achieved_mults_ratio", _NUM, "mults_decomposed over the uncompressed model's multiplications "
+                                        "(within 2 % of target_mults_ratio)", required=False, new=True),
     # test figures, in %, 4 decimals (null where the metric was not logged)
     Field("test_{metric}_{stage}", _NUM, "test accuracy (classification) or mIoU (segmentation) in % after "
                                          "the stage", null=True),
