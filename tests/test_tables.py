@@ -172,3 +172,39 @@ def test_held_out_runs_get_official_robustness_per_run_and_lambda_sections(runs_
     assert "## Robustness" in md and "| blur | d(blur) |" in md
     assert "## Per run" in md and md.count("| struct_resnet20_a") >= 4
     assert "## Lambda" in md and "Chosen: lambda = 0.5" in md
+
+
+def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
+    """Runs with a compression `method` go to compare.md (not the main table): per method and
+    target, accuracy, the paired gap to dense, mults / params ratios, latency from latency.json
+    when it is there, and both plots."""
+    extra = {"eval_set": "train[800:1000]"}
+    dense = json.loads((runs_dir / "resnet20" / "seed0" / "summary.json").read_text())
+    for seed, acc in ((0, 60.0), (1, 62.0)):
+        dst = tmp_path / "runs" / f"dense{seed}"
+        shutil.copytree(runs_dir / "resnet20" / "seed0", dst)
+        (dst / "summary.json").write_text(json.dumps({**dense, **extra, "seed": seed, "test_acc_decomposed": acc}))
+    for seed, acc in ((0, 58.0), (1, 61.0)):
+        dst = tmp_path / "runs" / f"prune{seed}"
+        shutil.copytree(runs_dir / "resnet20" / "seed0", dst)
+        (dst / "summary.json").write_text(json.dumps({
+            **dense, **extra, "seed": seed, "test_acc_decomposed": acc, "tag": "_prune_l1_a", "method": "prune_l1",
+            "target_mults_ratio": 0.45, "achieved_mults_ratio": 0.451, "init_from": f"runs/dense/seed{seed}/deploy.pt",
+            "mults_decomposed": 18_300_000, "params_decomposed": 150_000, "config_hash": "prunehash"}))
+    (tmp_path / "latency.json").write_text(json.dumps({"setup": "eager channels_last, 2 threads", "models": {
+        "resnet20": {"batch64": {"ms": 10.0, "ratio": 1.0}, "batch1": {"ms": 1.0, "ratio": 1.0}},
+        "prune_l1_a": {"batch64": {"ms": 6.0, "ratio": 0.6}, "batch1": {"ms": 0.9, "ratio": 0.9}}}}))
+    written = tables.write_tables(tmp_path / "runs", tmp_path / "out")
+    names = sorted(p.name for p in written)
+    assert names == ["cifar10.md", "cifar10_acc_vs_macs.png", "cifar10_training.png", "compare.md",
+                     "compare_acc_vs_latency.png", "compare_acc_vs_macs.png"]
+    main = (tmp_path / "out" / "cifar10.md").read_text()
+    assert "prune" not in main  # the baselines are not rows of the reproduction table
+    md = (tmp_path / "out" / "compare.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| prune_l1 | A |"))
+    assert "| 2 | 59.50 +- 2.12 | -1.50 +- 0.71 |" in row and "(0.45x)" in row
+    assert "6.00 (0.60x)" in row and "0.90 (0.90x)" in row
+    assert md.startswith("# CIFAR-10: structured convolutions vs pruning and SVD")
+    again = tables.write_tables(tmp_path / "runs", tmp_path / "out2")
+    for p, q in zip(written, again):
+        assert p.read_bytes() == q.read_bytes(), p.name
