@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from src.deploy.tuning import CPU_SUM_POOL_POLICY, CpuSumPoolPolicy
+from src.structured import sumpool
 from src.structured import (
     SumPool,
     SumPoolPolicy,
@@ -231,3 +232,82 @@ def test_deploy_forms_of_a_decomposed_conv_agree_across_policies():
                     outs[name, fmt] = dec.to(memory_format=fmt)(x.contiguous(memory_format=fmt))
     ref = outs["reference", torch.contiguous_format]
     assert all(rel_err(o, ref) < 1e-5 for o in outs.values())
+
+
+# ------------------------------------------------------------------ explicit forms (the deploy plan's)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ch,cw,groups", [(8, 5, 1), (12, 3, 2), (6, 6, 1), (16, 1, 4), (64, 40, 1)])
+@pytest.mark.parametrize("form", sumpool.CHANNEL_FORMS)
+def test_channel_window_sum_every_form_matches_loop(ch, cw, groups, form, channels_last):
+    x = torch.randn(2, ch, 5, 4, dtype=torch.float64)
+    ref = reference_sum_pool(x, cw, (1, 1), (0, 0, 0, 0), (1, 1), groups)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    out = sumpool.channel_window_sum(x, cw, groups, form)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-13
+    if cw > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_channel_window_ones_is_the_box_basis_transposed():
+    from src.structured import box_matrix
+
+    w = sumpool.channel_window_ones(12, 4, groups=2, dtype=torch.float64)
+    assert w.shape == (6, 6, 1, 1)  # per group: 3 outputs, each a window of 4 of the group's 6 channels
+    assert torch.equal(w[:3, :, 0, 0], box_matrix(6, 3).T) and torch.equal(w[3:, :, 0, 0], box_matrix(6, 3).T)
+    with pytest.raises(ValueError, match="does not fit"):
+        sumpool.channel_window_ones(8, 9)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("k,pad4,dil", [((2, 2), (1, 1, 1, 1), (1, 1)), ((2, 2), (0, 1, 0, 1), (1, 1)),
+                                        ((3, 3), (1, 1, 1, 1), (1, 1)), ((3, 2), (2, 0, 1, 3), (1, 1)),
+                                        ((2, 2), (1, 1, 1, 1), (2, 2)), ((4, 4), (0, 0, 0, 0), (1, 1))])
+@pytest.mark.parametrize("form", sumpool.SPATIAL_FORMS)
+def test_spatial_window_sum_every_form_matches_loop(k, pad4, dil, form, channels_last):
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    ref = reference_sum_pool(x, 1, k, pad4, dil, 1)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    symmetric = pad4[0] == pad4[1] and pad4[2] == pad4[3]
+    applies = {"padded": True, "depthwise": True, "avg_pool_area": dil == (1, 1),
+               "pair_adds": k == (2, 2) and dil == (1, 1) and max(pad4) <= 1}
+    applies["avg_pool"] = applies["ones_conv"] = applies["pair_adds"] and symmetric
+    if not applies[form]:
+        with pytest.raises(ValueError, match=form):
+            sumpool.spatial_window_sum(x, k, pad4, dil, form)
+        return
+    out = sumpool.spatial_window_sum(x, k, pad4, dil, form)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-13
+
+
+def test_window_mean_times_area_is_the_sum():
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    for k, pad in ((2, 1), (3, 1), (3, (2, 0, 1, 3))):
+        ref = sum_pool2d(x, 1, k, pad)
+        assert rel_err(sumpool.window_mean2d(x, k, pad) * (k * k), ref) < 1e-13, k
+
+
+def test_explicit_forms_refuse_where_they_do_not_apply():
+    x = torch.randn(1, 4, 5, 5, requires_grad=True)
+    with pytest.raises(ValueError, match="no autograd"):
+        sumpool.spatial_window_sum(x, 2, 1, 1, "pair_adds")
+    with pytest.raises(ValueError, match="unknown form"):
+        sumpool.spatial_window_sum(x, 2, 1, 1, "scan")
+    with pytest.raises(ValueError, match="unknown form"):
+        sumpool.channel_window_sum(x, 2, 1, "scan")
+    with pytest.raises(ValueError, match="longer than a group"):
+        sumpool.channel_window_sum(x, 3, 2, "cumsum")
+    # the autograd-safe forms differentiate
+    for form in ("padded", "depthwise", "avg_pool_area"):
+        sumpool.spatial_window_sum(x, 2, 1, 1, form).sum().backward()
+    sumpool.channel_window_sum(x, 3, 1, "ones_conv").sum().backward()
+
+
+def test_policy_may_answer_the_new_forms():
+    """A policy answering "ones_conv" for channels computes the same sums (the policy hook takes
+    the new form)."""
+    x = torch.randn(2, 12, 6, 5, dtype=torch.float64)
+    ref = reference_sum_pool(x, 4, (2, 2), (1, 1, 1, 1), (1, 1), 2)
+    with sum_pool_policy(Forced(channel="ones_conv")):
+        assert rel_err(sum_pool2d(x, 4, 2, 1, groups=2), ref) < 1e-13

@@ -15,6 +15,9 @@ Channel window (:meth:`SumPoolPolicy.channel_form`), over the channels of each g
 - ``"cumsum"``: differences of a cumulative sum, taken with the channel axis innermost for
   channels_last input (the CPU scan accumulates in float64, so the differences keep float32
   accuracy at the axis lengths of real networks). Needs window <= channels per group.
+- ``"ones_conv"``: one grouped 1 x 1 conv with the fixed 0/1 band kernel
+  :func:`channel_window_ones` (output channel a of a group sums input channels a .. a + w - 1):
+  a single Conv node for compilers and ONNX Runtime. Any input, autograd.
 
 Spatial window, any kernel, padding and dilation (autograd, ``torch.compile``): ``"padded"``:
 explicit zero padding, then :func:`window_sum` per axis: plain pads, slices and adds, which
@@ -30,6 +33,19 @@ inductor fuses. Two special cases offer more forms:
   (padding counted) times the window size, exact for power-of-two windows such as 2 x 2, within
   one rounding otherwise. (Exporters silently drop ``avg_pool2d``'s ``divisor_override``, so
   ``"avg_pool"`` is never used there.)
+
+Two more spatial forms hold for any kernel, padding and context (eager, autograd,
+``torch.compile``, ONNX export), dilation 1 for the first: ``"avg_pool_area"``: ``avg_pool2d``
+with the padding counted, times the window area (exact for power-of-two areas such as 2 x 2,
+within one rounding otherwise; asymmetric or wide padding is applied by an explicit pad first),
+and ``"depthwise"``: one depthwise conv with a ones kernel (:func:`spatial_window_ones`), dilated
+like the window. :func:`window_mean2d` is the window mean (the sum divided by the area), for
+deploy forms that fold the area into the following conv's kernel.
+
+The explicit-form functions :func:`channel_window_sum` and :func:`spatial_window_sum` run a named
+form regardless of the policy (raising ValueError where it does not apply); the deploy layer's
+per-layer plans (src/deploy/forms.py) use them. :data:`CHANNEL_FORMS` and
+:data:`SPATIAL_FORMS` list the names.
 
 No pooling kernel is used for channels (``avg_pool3d`` on an unsqueezed tensor is several times
 slower than the conv it replaces). Every form keeps the input's memory format.
@@ -47,7 +63,14 @@ from torch import nn
 from ._util import constant, is_channels_last, pair
 
 __all__ = ["window_sum", "sum_pool2d", "SumPool", "FeatureSumPool", "SumPoolPolicy", "get_sum_pool_policy",
-           "set_sum_pool_policy", "sum_pool_policy"]
+           "set_sum_pool_policy", "sum_pool_policy", "CHANNEL_FORMS", "SPATIAL_FORMS", "channel_window_ones",
+           "spatial_window_ones", "channel_window_sum", "spatial_window_sum", "window_mean2d"]
+
+CHANNEL_FORMS = ("doubling", "cumsum", "ones_conv")
+"""The exact forms of the channel window sum (see the module docstring)."""
+SPATIAL_FORMS = ("padded", "pair_adds", "avg_pool", "ones_conv", "avg_pool_area", "depthwise")
+"""The exact forms of the spatial window sum; the first four are those the policy picks among
+(``pair_adds``, ``avg_pool`` and ``ones_conv`` at inference, 2 x 2 windows, dilation 1 only)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -63,7 +86,7 @@ class SumPoolPolicy:
     :func:`sum_pool_policy`. An answer that does not apply raises ValueError."""
 
     def channel_form(self, x: torch.Tensor, window: int, groups: int) -> str:
-        """``"doubling"`` or ``"cumsum"``, for the window sum over the channels of each of `groups`
+        """``"doubling"``, ``"cumsum"`` or ``"ones_conv"``, for the window sum over the channels of each of `groups`
         groups of x (B, C, H, W). ``"cumsum"`` with a window longer than a group falls back to
         ``"doubling"`` (which raises)."""
         return "doubling"
@@ -76,7 +99,7 @@ class SumPoolPolicy:
 
     def export_form(self, kernel: tuple[int, int], pads: tuple[int, int, int, int]) -> str:
         """During ONNX export, for a dilation-1 window sum with symmetric padding <= kernel // 2:
-        ``"padded"`` or ``"onnx_average_pool"``."""
+        ``"padded"``, ``"onnx_average_pool"`` (= ``"avg_pool_area"``) or ``"depthwise"``."""
         return "padded"
 
     def __repr__(self) -> str:
@@ -186,12 +209,14 @@ def _channel_window_sum(x: torch.Tensor, window: int, groups: int) -> torch.Tens
     """Window sum over the channels of a (B, C, H, W) tensor within each group, keeping the
     memory format, in the form the policy picks. A channels_last tensor is processed as its
     (B, H, W, G, C/G) view, so the channel axis is the contiguous one."""
+    form = _policy.channel_form(x, window, groups)
+    if form == "ones_conv":
+        return _ones_conv_channel_sum(x, window, groups)
     channels_last = is_channels_last(x)
     t = x.permute(0, 2, 3, 1) if channels_last else x
     axis = 3 if channels_last else 1
     t = t.unflatten(axis, (groups, t.size(axis) // groups))
     axis += 1
-    form = _policy.channel_form(x, window, groups)
     if form == "cumsum" and window <= t.size(axis):
         out = _cumsum_window_sum(t, axis, window)
     elif form in ("doubling", "cumsum"):
@@ -272,6 +297,8 @@ def _spatial_sum(x: torch.Tensor, kernel: tuple[int, int], pads: tuple[int, int,
             form = _policy.export_form(kernel, pads)
             if form == "onnx_average_pool":  # ONNX has no sum-pool
                 return F.avg_pool2d(x, kernel, 1, (top, left), count_include_pad=True) * (kh * kw)
+            if form == "depthwise":
+                return _depthwise_sum(x, kernel, pads, dilation)
             if form != "padded":
                 raise _not_applicable("export", form, f"a {kh} x {kw} window")
     elif kernel == (2, 2) and dilation == (1, 1) and max(pads) <= 1 and not _needs_grad(x):
@@ -284,6 +311,154 @@ def _sum_pool(x: torch.Tensor, channel_window: int, kernel: tuple[int, int],
     if channel_window > 1:
         x = _channel_window_sum(x, channel_window, groups)
     return _spatial_sum(x, kernel, pads, dilation)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fixed-kernel forms, and every form by name
+# ------------------------------------------------------------------------------------------------
+
+
+def channel_window_ones(channels: int, window: int, groups: int = 1, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """The 0/1 kernel (groups * c, channels / groups, 1, 1), c = channels / groups - window + 1, of
+    the channel window sum as a grouped 1 x 1 conv: output channel a of each group sums that
+    group's input channels a .. a + window - 1."""
+    per_group = channels // groups
+    count = per_group - window + 1
+    if channels % groups or window < 1 or count < 1:
+        raise ValueError(f"channel_window_ones: a window of {window} over {channels} channels in {groups} "
+                         f"group(s) does not fit")
+    rows = torch.arange(count).unsqueeze(1)
+    cols = torch.arange(per_group).unsqueeze(0)
+    band = ((cols >= rows) & (cols < rows + window)).to(dtype or torch.get_default_dtype())
+    return band.repeat(groups, 1)[:, :, None, None].to(device)
+
+
+def spatial_window_ones(channels: int, kernel: int | Sequence[int], dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """The ones kernel (channels, 1, kh, kw) of the spatial window sum as a depthwise conv."""
+    kh, kw = pair(kernel)
+    return torch.ones(channels, 1, kh, kw, dtype=dtype, device=device)
+
+
+_KERNELS: dict[tuple, torch.Tensor] = {}  # fixed 0/1 kernels of the functional forms, per shape/dtype/device
+
+
+def _cached(key: tuple, make) -> torch.Tensor:
+    kernel = _KERNELS.get(key)
+    if kernel is None:  # an ordinary tensor even when first made inside inference_mode
+        kernel = _KERNELS[key] = constant(make)
+    return kernel
+
+
+def _like(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A fixed kernel in x's dtype, device and memory format (a no-op when it already is)."""
+    kernel = kernel.to(dtype=x.dtype, device=x.device)
+    return kernel.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else kernel
+
+
+def _ones_conv_channel_sum(x: torch.Tensor, window: int, groups: int,
+                           weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Form "ones_conv" of the channel window: one grouped 1 x 1 conv with the 0/1 band kernel."""
+    if weight is None:
+        channels = x.size(1)
+        weight = _cached(("channel", channels, window, groups, x.dtype, x.device, is_channels_last(x)),
+                         lambda: _like(channel_window_ones(channels, window, groups), x))
+    return F.conv2d(x, weight, None, 1, 0, 1, groups)
+
+
+def _depthwise_sum(x: torch.Tensor, kernel: tuple[int, int], pads: tuple[int, int, int, int],
+                   dilation: tuple[int, int], weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Form "depthwise": the spatial window sum as one depthwise conv with a ones kernel (symmetric
+    padding inside the conv, any other by an explicit pad first)."""
+    left, right, top, bottom = pads
+    if left == right and top == bottom:
+        conv_pad = (top, left)
+    else:
+        x, conv_pad = F.pad(x, pads), (0, 0)
+    if weight is None:
+        channels = x.size(1)
+        weight = _cached(("depthwise", channels, kernel, x.dtype, x.device, is_channels_last(x)),
+                         lambda: _like(spatial_window_ones(channels, kernel), x))
+    return F.conv2d(x, weight, None, 1, conv_pad, dilation, x.size(1))
+
+
+def window_mean2d(x: torch.Tensor, kernel: int | Sequence[int], padding: int | Sequence[int] = 0) -> torch.Tensor:
+    """The stride-1, dilation-1 window mean over H and W after zero padding (the zeros counted):
+    the window sum divided by the window area, as one ``avg_pool2d`` (padding symmetric and <= half
+    the window) or an explicit pad then ``avg_pool2d``."""
+    kh, kw = pair(kernel)
+    left, right, top, bottom = _pad4(padding)
+    if left == right <= kw // 2 and top == bottom <= kh // 2:
+        return F.avg_pool2d(x, (kh, kw), 1, (top, left), count_include_pad=True)
+    return F.avg_pool2d(F.pad(x, (left, right, top, bottom)), (kh, kw), 1, 0)
+
+
+def channel_window_sum(x: torch.Tensor, window: int, groups: int = 1, form: str = "doubling",
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Stride-1 window sum over the channels of each of `groups` groups of x (B, C, H, W) in the
+    named exact `form` (:data:`CHANNEL_FORMS`), whatever the installed policy; keeps x's memory
+    format. ``"ones_conv"`` takes its 0/1 kernel as `weight` (a module's buffer) or makes it.
+    ValueError where the form does not apply."""
+    if x.dim() != 4 or x.size(1) % groups:
+        raise ValueError(f"channel_window_sum: expected a 4-D input with channels divisible by groups={groups}, "
+                         f"got shape {tuple(x.shape)}")
+    if window == 1:
+        return x
+    if form == "ones_conv":
+        return _ones_conv_channel_sum(x, window, groups, weight)
+    if form not in CHANNEL_FORMS:
+        raise ValueError(f"channel_window_sum: unknown form {form!r}; choose from {CHANNEL_FORMS}")
+    channels_last = is_channels_last(x)
+    t = x.permute(0, 2, 3, 1) if channels_last else x
+    axis = 3 if channels_last else 1
+    t = t.unflatten(axis, (groups, t.size(axis) // groups))
+    axis += 1
+    if window > t.size(axis):
+        raise ValueError(f"channel_window_sum: window {window} is longer than a group ({t.size(axis)} channels)")
+    out = _cumsum_window_sum(t, axis, window) if form == "cumsum" else window_sum(t, axis, window)
+    out = out.flatten(axis - 1, axis)
+    return out.permute(0, 3, 1, 2) if channels_last else out
+
+
+def spatial_window_sum(x: torch.Tensor, kernel: int | Sequence[int], padding: int | Sequence[int] = 0,
+                       dilation: int | Sequence[int] = 1, form: str = "padded",
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Stride-1 window sum over H and W of x (B, C, H, W) after zero padding, in the named exact
+    `form` (:data:`SPATIAL_FORMS`), whatever the installed policy. ``"depthwise"`` takes its ones
+    kernel as `weight` or makes it. ValueError where the form does not apply: ``"pair_adds"``,
+    ``"avg_pool"`` and ``"ones_conv"`` need a 2 x 2, dilation-1 window with padding <= 1 (the last
+    two symmetric) and no autograd; ``"avg_pool"`` is refused during ONNX export (exporters drop
+    its ``divisor_override``); ``"avg_pool_area"`` needs dilation 1."""
+    kernel, pads, dilation = pair(kernel), _pad4(padding), pair(dilation)
+    if x.dim() != 4:
+        raise ValueError(f"spatial_window_sum expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}")
+    if form == "padded":
+        return _padded_sum(x, kernel, pads, dilation)
+    if form == "depthwise":
+        return _depthwise_sum(x, kernel, pads, dilation, weight)
+    if form == "avg_pool_area":
+        if dilation != (1, 1):
+            raise ValueError(f"spatial_window_sum: form 'avg_pool_area' needs dilation 1, got {dilation}")
+        return window_mean2d(x, kernel, pads) * (kernel[0] * kernel[1])
+    if form not in SPATIAL_FORMS:
+        raise ValueError(f"spatial_window_sum: unknown form {form!r}; choose from {SPATIAL_FORMS}")
+    left, right, top, bottom = pads
+    if kernel != (2, 2) or dilation != (1, 1) or max(pads) > 1 or _needs_grad(x) \
+            or (form != "pair_adds" and (left != right or top != bottom)):
+        raise ValueError(f"spatial_window_sum: form {form!r} needs a 2 x 2, dilation-1 window, padding <= 1"
+                         f"{'' if form == 'pair_adds' else ' (symmetric)'} and no autograd; got kernel {kernel}, "
+                         f"padding {pads}, dilation {dilation}")
+    if form == "pair_adds":
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            raise ValueError("spatial_window_sum: form 'pair_adds' (out= writes) cannot be compiled or traced")
+        return _pair_sum(_pair_sum(x, 2, top, bottom), 3, left, right)
+    if form == "avg_pool":
+        if torch.onnx.is_in_onnx_export():
+            raise ValueError("spatial_window_sum: form 'avg_pool' (divisor_override) is not exportable to ONNX; "
+                             "use 'avg_pool_area'")
+        return F.avg_pool2d(x, 2, 1, (top, left), divisor_override=1)
+    return _ones_conv_sum(x, (top, left))
 
 
 # ------------------------------------------------------------------------------------------------
