@@ -320,6 +320,13 @@ def evaluate_final(job: Job) -> dict[str, Any]:
     return out
 
 
+def _compress_spec(cfg: DictConfig) -> dict | None:
+    spec = cfg.model.get("compress") or {}
+    if not spec.get("method"):
+        return None
+    return {"method": str(spec["method"]), "mults_ratio": float(spec["mults_ratio"])}
+
+
 def save_deploy_file(cfg: DictConfig, path: Path, model: torch.nn.Module, datamodule, num_classes: int,
                      size, sha: str) -> None:
     """Stage 4: deploy.pt, the decomposed model with its preprocessing (src.deploy.load_deploy reads it)."""
@@ -333,7 +340,7 @@ def save_deploy_file(cfg: DictConfig, path: Path, model: torch.nn.Module, datamo
                 crop_pct=(cfg.data.image_size / cfg.data.val_resize if "val_resize" in cfg.data else pre["crop_pct"]),
                 model_kwargs=OmegaConf.to_container(cfg.model.kwargs, resolve=True) if cfg.model.kwargs else {},
                 structure=extra_rules if extra_rules["rules"] else None,
-                extra={"dataset": cfg.data.name, "git_sha": sha})
+                compress=_compress_spec(cfg), extra={"dataset": cfg.data.name, "git_sha": sha})
 
 
 def _pct(metrics: dict[str, float], key: str) -> float | None:

@@ -192,3 +192,29 @@ def test_segmentation_predicts_per_pixel():
     assert net.predict(image).shape == (1, 64, 128)
     with pytest.raises(ValueError, match="segmentation model; use predict"):
         net.classify(image)
+
+
+@pytest.mark.parametrize("method", ["prune_l1", "svd_spatial", "svd_weight", "structured"])
+def test_compressed_baselines_round_trip_through_deploy_files(tmp_path, method):
+    """A src.compress baseline's deploy.pt rebuilds its architecture from (method, ratio) and loads
+    its weights exactly (the comparison runs write such files)."""
+    from src.compress import compress
+    from src.deploy import load_deploy, save_deploy
+    from src.models import create_model
+    from src.structured import decompose, project
+
+    torch.manual_seed(0)
+    dense = create_model("resnet20").eval()
+    small = compress(dense, method, 0.5, (3, 32, 32)).eval()
+    if method == "structured":
+        small = decompose(project(small))
+    for p in small.parameters():  # weights the rebuilt model cannot have by chance
+        p.data.add_(torch.randn_like(p) * 0.01)
+    path = save_deploy(tmp_path / "deploy.pt", small, model_name="resnet20", route="regularized", num_classes=10,
+                       mean=[0.5] * 3, std=[0.25] * 3, input_size=[3, 32, 32],
+                       compress={"method": method, "mults_ratio": 0.5})
+    loaded = load_deploy(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), small(x))
+    assert loaded.meta["compress"] == {"method": method, "mults_ratio": 0.5}

@@ -17,6 +17,7 @@ reads it)::
      "class_names": [...] or None,
      "model_kwargs": {...},               # builder keyword arguments (e.g. {"shortcut": "B"})
      "structure": None or {...},          # an extra rule set on top of the name (create_model)
+     "compress": None or {"method": ..., "mults_ratio": ...},   # a src.compress baseline of the model
      "recompose": {...},                  # deploy forms other than "decomposed", by layer
      "extra": {...},                      # free-form (plain containers)
      "state_dict": {...}}                 # the decomposed model's state_dict
@@ -133,7 +134,8 @@ def save_deploy(path: str | Path, model: nn.Module, *, model_name: str, route: s
                 class_names: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None,
                 crop_pct: float | None = None, model_kwargs: Mapping[str, Any] | None = None,
                 structure: Mapping[str, Any] | None = None,
-                recompose: Mapping[str, str] | None = None) -> Path:
+                recompose: Mapping[str, str] | None = None,
+                compress: Mapping[str, Any] | None = None) -> Path:
     """Write the deploy artifact of `model` (its deploy form, e.g. ``decompose(project(m))``) to
     `path` (atomically; parent folders are created) and return the path.
 
@@ -142,7 +144,10 @@ def save_deploy(path: str | Path, model: nn.Module, *, model_name: str, route: s
     classification inputs (H, W > 64), else 1. `model_kwargs` / `structure`: what
     ``create_model(model_name, ...)`` was given besides num_classes, so that
     :func:`load_deploy` builds the same architecture. `recompose`: deploy forms other than
-    "decomposed" (as for ``decompose(recompose=...)``). `extra`: anything else (plain containers).
+    "decomposed" (as for ``decompose(recompose=...)``). `compress`: ``{"method", "mults_ratio"}``
+    of a model compressed by :func:`src.compress.compress` (its architecture is rebuilt by the
+    same call: the shapes depend on the method and ratio, not on the weights). `extra`: anything
+    else (plain containers).
     """
     from src.models import get_entry
 
@@ -166,10 +171,11 @@ def save_deploy(path: str | Path, model: nn.Module, *, model_name: str, route: s
         "task": entry.task, "input_size": size, "mean": mean, "std": std, "crop_pct": float(crop_pct),
         "class_names": class_names, "model_kwargs": _plain(dict(model_kwargs or {})),
         "structure": _plain(structure) if structure else None, "recompose": dict(recompose or {}),
+        "compress": _plain(dict(compress)) if compress else None,
         "extra": _plain(dict(extra or {})),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    for key in ("model_kwargs", "structure", "recompose", "extra"):
+    for key in ("model_kwargs", "structure", "recompose", "compress", "extra"):
         _check_plain(payload[key], key)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,13 +205,25 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> 
     return "; ".join(parts)
 
 
+def get_entry_size(name: str) -> tuple[int, int, int]:
+    from src.models import get_entry
+
+    return get_entry(name).input_size
+
+
 def _architectures(name: str, num_classes: int, kwargs: Mapping[str, Any], structure: Any,
-                   recompose: Mapping[str, str]) -> Iterable[tuple[str, nn.Module]]:
+                   recompose: Mapping[str, str], compress: Mapping[str, Any] | None = None,
+                   input_size: Sequence[int] | None = None) -> Iterable[tuple[str, nn.Module]]:
     """(label, randomly initialised model) in the forms a deploy file may hold: decomposed first."""
     from src.models import create_model
     from src.structured import decompose, structured_layers
 
     model = create_model(name, num_classes=num_classes, structure=structure or None, **kwargs).eval()
+    if compress:  # a src.compress baseline: the same call rebuilds its architecture
+        from src.compress import compress as compress_model
+
+        model = compress_model(model, compress["method"], compress["mults_ratio"],
+                               tuple(input_size or get_entry_size(name))).eval()
     if any(True for _ in structured_layers(model)):
         yield "decomposed", decompose(model, tol=math.inf, recompose=dict(recompose))
         yield "train form", model  # e.g. a deploy file of layers all kept in the dense form
@@ -262,11 +280,11 @@ def from_checkpoint_dict(obj: Any, source: str | Path = "<dict>", map_location: 
                     version=obj["version"], preprocessing_known=True, task=obj.get("task", entry.task),
                     crop_pct=float(obj.get("crop_pct", 1.0)), model_kwargs=dict(obj.get("model_kwargs") or {}),
                     structure=obj.get("structure"), recompose=dict(obj.get("recompose") or {}),
-                    extra=dict(obj.get("extra") or {}))
+                    compress=obj.get("compress"), extra=dict(obj.get("extra") or {}))
     floats = {v.dtype for v in state.values() if v.is_floating_point()}
     first_error = None
     for label, model in _architectures(name, num_classes, meta["model_kwargs"], meta["structure"],
-                                       meta["recompose"]):
+                                       meta["recompose"], meta.get("compress"), meta.get("input_size")):
         error = state_dict_mismatch(model, state)
         if error:
             first_error = first_error or f"{label} form: {error}"

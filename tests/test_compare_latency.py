@@ -1,0 +1,40 @@
+"""experiments/compare_latency.py: the comparison's deployed architectures, timed (quick form)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from experiments import compare_latency
+
+from .conftest import ROOT
+
+
+def test_deployed_architectures_meet_their_targets():
+    from src.structured import complexity
+
+    models = compare_latency.deployed_models(methods=("svd_weight", "structured"), targets=("a",))
+    assert list(models) == ["resnet20", "struct_resnet20_a", "svd_weight_a", "structured_a"]
+    dense = complexity(models["resnet20"], (3, 32, 32)).mults
+    for name in ("svd_weight_a", "structured_a"):
+        ratio = complexity(models[name], (3, 32, 32)).mults / dense
+        assert ratio == pytest.approx(compare_latency.target_ratio(name.rsplit("_", 1)[0], "a"), rel=0.02), name
+    # the structured method at target A is the A rule set: the same deployed cost as struct_resnet20_a
+    assert complexity(models["structured_a"], (3, 32, 32)).mults == complexity(models["struct_resnet20_a"], (3, 32, 32)).mults
+
+
+def test_quick_run_writes_latency_the_tables_read(tmp_path):
+    out = tmp_path / "latency.json"
+    proc = subprocess.run([sys.executable, "-m", "experiments.compare_latency", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert "default allocator" in doc["setup"] and len(doc["git_sha"]) >= 40
+    names = set(doc["models"])
+    assert {"resnet20", "struct_resnet20_a", "struct_resnet20_b", "prune_l1_a", "svd_spatial_b"} <= names
+    for name, row in doc["models"].items():
+        assert row["batch1"]["ms"] > 0 and row["batch2"]["ratio"] > 0, name
+    assert doc["models"]["resnet20"]["batch1"]["ratio"] == 1.0
