@@ -1,7 +1,9 @@
-"""Export the deploy (decomposed) form of a registered model to one self-contained ONNX file.
+"""Export the deploy (decomposed) form of a registered model to one self-contained ONNX file,
+by default in the fastest exact form for ONNX Runtime at the given batch.
 
     python -m src.export --ckpt runs/.../deploy.pt [--out FILE] [--opset 18] [--batch 1]
     python -m src.export --model struct_resnet56_a [--ckpt PATH] [--num-classes N] [--out FILE]
+                         [--format onnx] [--plan onnxruntime|none] [--threads N]
 
 `--ckpt` accepts, all read with ``torch.load(weights_only=True)``:
 
@@ -17,16 +19,29 @@
 Without `--ckpt` the model is randomly initialised (then projected and decomposed): enough to
 inspect the graph or time it, not to use its outputs. A dense (non-``struct_``) name exports the
 dense model as it is. The graph has a dynamic batch axis (input ``input``, float32 (N, C, H, W),
-normalised; output ``output``, the logits); every structured conv appears as its sum-pooling
-(AveragePool with the padding counted, times the window size; see src/structured/sumpool.py)
-followed by a Conv with the small alpha kernel.
+normalised; output ``output``, the logits).
+
+The deploy plan (``--plan onnxruntime``, the default): before exporting, each structured layer
+is timed in its exact forms on ONNX Runtime (CPU provider, ``--threads`` intra-op threads, an
+input of ``--batch`` images; ``src.deploy.plan_recompose(..., backend="onnxruntime")``, the
+candidates of ``--plan-forms``), and runs in the fastest: decomposed, "spatial", "dense", or
+with its sum-pool as a fixed 0/1 conv or a mean-pool folded into the conv (src/deploy/forms.py).
+Every form computes the decomposed model's function up to rounding; the plan only changes
+speed. It takes seconds to minutes (one export of all candidates, then timing), and is specific
+to the machine, thread count and batch it was measured at. ``--plan none`` writes the plain
+decomposed graph: every structured conv as its sum-pooling (AveragePool with the padding
+counted, times the window size; see src/structured/sumpool.py) followed by a Conv with the
+small alpha kernel.
 
 The file is self-contained (weights inline; only a model over protobuf's 2 GB limit gets a
 ``<out>.data`` file beside it, which must then travel with it) and carries metadata_props:
 ``model``, ``route``, ``num_classes``, ``task``, ``input_size`` (JSON [C, H, W]), ``mean`` and
 ``std`` (JSON, 0-1 pixel scale), ``crop_pct``, ``class_names`` (JSON list or ``null``),
 ``preprocessing`` (where mean/std came from: the deploy file, or this project's defaults for the
-model when the checkpoint records none) and ``weights``. Every file written is printed.
+model when the checkpoint records none), ``weights``, and the plan: ``deploy_plan`` (JSON
+{layer name: form} of the layers not decomposed; ``{}`` with ``--plan none``),
+``deploy_plan_measured_on`` (runtime, threads, batch, machine, or ``none``) and
+``deploy_plan_summary`` (JSON [[form, layers], ...]). Every file written is printed.
 """
 
 from __future__ import annotations
@@ -38,7 +53,7 @@ import pickle
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +63,7 @@ from src.models import create_model, get_entry
 from src.structured import decompose, project
 
 __all__ = ["read_checkpoint", "deploy_model", "load_for_export", "export_onnx", "export_onnx_files",
-           "onnx_metadata", "main"]
+           "onnx_metadata", "plan_for_onnxruntime", "plan_metadata", "main"]
 
 DEFAULT_OPSET = 18
 # initializers up to this size are stored inline (protobuf caps one message at 2 GiB)
@@ -176,6 +191,30 @@ def export_onnx_files(model: nn.Module, path: str | Path, input_shape: tuple[int
     return [path, data]
 
 
+def plan_for_onnxruntime(model: nn.Module, input_shape: tuple[int, ...], *, threads: int | None = None,
+                         reps: int = 15, forms: Sequence[str] | None = None) -> dict[str, str]:
+    """The ONNX Runtime deploy plan of a decomposed (or train-form) model, measured on a random
+    input of `input_shape` (B, C, H, W): layer name -> form (src/deploy/tuning.py, plan_recompose)."""
+    from src.deploy import plan_recompose
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(*input_shape)
+    return plan_recompose(model, x, backend="onnxruntime", threads=threads, reps=reps, forms=forms)
+
+
+def plan_metadata(plan: Mapping[str, str] | None, model: nn.Module, measured_on: str) -> dict[str, str]:
+    """The deploy plan's ONNX metadata_props (see the module docstring); `model` is the model the
+    plan was made for (decomposed or train form, before the plan is applied)."""
+    from src.deploy import plan_summary
+    from src.deploy.forms import plannable_layers
+
+    plan = dict(plan or {})
+    total = sum(1 for _ in plannable_layers(model))
+    return {"deploy_plan": json.dumps(plan), "deploy_plan_measured_on": measured_on,
+            "deploy_plan_summary": json.dumps([list(kv) for kv in plan_summary(plan, total)])}
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m src.export", description="\n\n".join(__doc__.split("\n\n", 2)[:2]),
                                  epilog=__doc__.split("\n\n", 2)[2],
@@ -193,8 +232,19 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                     help=f"ONNX opset version, >= 17 (default {DEFAULT_OPSET})")
     ap.add_argument("--batch", type=int, default=1, metavar="B",
-                    help="batch size of the example input used for tracing; the batch axis stays dynamic "
-                         "(default 1)")
+                    help="batch size the deploy plan is measured at, and of the example input used for tracing; "
+                         "the batch axis stays dynamic (default 1)")
+    ap.add_argument("--plan", choices=("onnxruntime", "none"), default="onnxruntime",
+                    help="onnxruntime (default): each layer in its fastest exact form, measured on ONNX Runtime "
+                         "at --batch; none: the plain decomposed graph")
+    ap.add_argument("--threads", type=int, metavar="N",
+                    help="ONNX Runtime intra-op threads the plan is measured with (default: torch's thread count, "
+                         "normally the number of cores); deploy with the same")
+    ap.add_argument("--plan-forms", nargs="+", metavar="FORM",
+                    help="candidate forms of the plan (default: src.deploy.PLAN_FORMS['onnxruntime']; e.g. "
+                         "decomposed dense 'spatial[sp=mean]'; 'decomposed' must be among them)")
+    ap.add_argument("--plan-reps", type=int, default=15, metavar="N",
+                    help="timed repetitions per candidate form while planning (default 15)")
     ap.add_argument("--num-classes", type=int, metavar="N",
                     help="classifier size (default: the checkpoint's, else the model's registered one)")
     return ap
@@ -207,10 +257,31 @@ def main(argv: list[str] | None = None) -> Path:
         model, info = load_for_export(args.model, args.ckpt, args.num_classes)
     except ValueError as e:
         ap.error(str(e))
+    if args.batch < 1 or (args.threads is not None and args.threads < 1) or args.plan_reps < 1:
+        ap.error("--batch, --threads and --plan-reps must be >= 1")
     name = info["model"]
     out = Path(args.out or Path("exports") / f"{name}.onnx")
-    files = export_onnx_files(model, out, (args.batch, *info["input_size"]), args.opset, onnx_metadata(info))
-    print(f"exported {name} (decomposed{'' if args.ckpt else ', random weights'}, opset {args.opset}); wrote:")
+    shape = (args.batch, *info["input_size"])
+    metadata = onnx_metadata(info)
+    if args.plan == "onnxruntime":
+        from src.deploy import decompose_planned
+        from src.deploy.runtimes import machine_label, runtime_label
+
+        print(f"measuring the ONNX Runtime deploy plan of {name} at batch {args.batch} ...", flush=True)
+        try:
+            plan = plan_for_onnxruntime(model, shape, threads=args.threads, reps=args.plan_reps, forms=args.plan_forms)
+        except ValueError as e:
+            ap.error(str(e))
+        measured_on = f"{runtime_label('onnxruntime', args.threads)}, batch {args.batch}; {machine_label()}"
+    else:
+        plan, measured_on = {}, "none (--plan none: the plain decomposed graph)"
+    metadata.update(plan_metadata(plan, model, measured_on))
+    if plan:
+        model = decompose_planned(model, plan)
+    files = export_onnx_files(model, out, shape, args.opset, metadata)
+    summary = ", ".join(f"{n} {f}" for f, n in json.loads(metadata["deploy_plan_summary"]))
+    how = "decomposed" if args.plan == "none" else f"ONNX Runtime plan at batch {args.batch}: {summary}"
+    print(f"exported {name} ({how}{'' if args.ckpt else '; random weights'}; opset {args.opset}); wrote:")
     for f in files:
         print(f"  {f} ({f.stat().st_size / 1e6:.1f} MB)")
     if len(files) > 1:

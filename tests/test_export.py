@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import onnx
@@ -30,15 +31,18 @@ def trained_like(name: str = NAME) -> torch.nn.Module:
 
 
 def test_cli_export_runs_in_onnxruntime_with_the_small_kernels(tmp_path):
+    """--plan none: the plain decomposed graph, every structured conv as its pool and small conv."""
     model = trained_like()
     ckpt = tmp_path / "model.pt"
     torch.save(model.state_dict(), ckpt)
-    out = main(["--model", NAME, "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx")])
+    out = main(["--model", NAME, "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--plan", "none"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "model.pt"]  # no m.onnx.data
 
     graph = onnx.load(str(out))
     props = {p.key: p.value for p in graph.metadata_props}  # a bare state_dict: the model's defaults
     assert props["model"] == NAME and props["weights"] == "model.pt" and "defaults" in props["preprocessing"]
+    assert json.loads(props["deploy_plan"]) == {} and props["deploy_plan_measured_on"].startswith("none")
+    assert json.loads(props["deploy_plan_summary"]) == [["decomposed", 18]]
     assert json.loads(props["mean"]) == default_preprocessing(NAME)["mean"]
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
     conv_weights = {n.input[1] for n in graph.graph.node if n.op_type == "Conv"}
@@ -67,7 +71,7 @@ def test_deploy_file_exports_one_movable_file_with_its_preprocessing(tmp_path, m
                        num_classes=10, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], input_size=[3, 32, 32],
                        class_names=names)
     monkeypatch.chdir(tmp_path)
-    out = main(["--ckpt", str(ckpt)])
+    out = main(["--ckpt", str(ckpt), "--plan", "none"])
     printed = capsys.readouterr().out
     assert out.resolve() == (tmp_path / "exports" / f"{NAME}.onnx").resolve()
     assert [p.name for p in (tmp_path / "exports").iterdir()] == [f"{NAME}.onnx"]
@@ -99,8 +103,54 @@ def test_help_describes_every_option(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--model", "--ckpt", "--format", "--out", "--opset", "--batch", "--num-classes", "metadata_props"):
+    for option in ("--model", "--ckpt", "--format", "--out", "--opset", "--batch", "--num-classes", "metadata_props",
+                   "--plan", "--threads", "--plan-forms", "--plan-reps", "deploy_plan"):
         assert option in text
+
+
+def test_default_export_is_the_onnxruntime_plan_at_the_batch(tmp_path, monkeypatch, capsys):
+    """Without --plan, each layer group is timed on ONNX Runtime at --batch in the candidate
+    forms (all exported, run and checked equal here; the times scripted: dense fastest on the
+    16-channel layers, the mean-pool form on the others, 3 % faster at 64 channels: inside the
+    margin), the graph runs the plan, records it, and computes the decomposed model's function."""
+    tuning = sys.modules["src.deploy.tuning"]
+    calls = []
+
+    def timer(fns, reps=20, warmup=3, min_time=0.0):
+        outs = [np.asarray(fn()[0]) for fn in fns]  # ONNX Runtime outputs of the candidates
+        assert all(rel_err(torch.from_numpy(o), torch.from_numpy(outs[0])) <= 1e-5 for o in outs[1:])
+        calls.append((outs[0].shape, reps))
+        channels = outs[0].shape[1]
+        return {16: [1.0, 0.5, 0.8], 32: [1.0, 1.5, 0.5], 64: [1.0, 1.5, 0.97]}[channels]
+
+    monkeypatch.setattr(tuning, "time_interleaved", timer)
+    model = trained_like()
+    ckpt = tmp_path / "model.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = main(["--model", NAME, "--ckpt", str(ckpt), "--out", str(tmp_path / "p.onnx"), "--batch", "2",
+                "--plan-forms", "decomposed", "dense", "decomposed[sp=mean]", "--plan-reps", "1", "--threads", "1"])
+    assert "ONNX Runtime plan at batch 2: 6 decomposed, 6 decomposed[sp=mean], 6 dense" in capsys.readouterr().out
+    assert len(calls) == 5 and {shape[0] for shape, _ in calls} == {2} and {r for _, r in calls} == {1}
+    graph = onnx.load(str(out))
+    props = {p.key: p.value for p in graph.metadata_props}
+    plan = json.loads(props["deploy_plan"])
+    assert {k: v for k, v in plan.items() if k.startswith("layer1")} == dict.fromkeys(
+        [f"layer1.{b}.conv{i}" for b in range(3) for i in (1, 2)], "dense")
+    assert set(plan.values()) == {"dense", "decomposed[sp=mean]"} and len(plan) == 12
+    assert not any(k.startswith("layer3") and k != "layer3.0.conv1" for k in plan)  # inside the margin
+    assert "onnxruntime" in props["deploy_plan_measured_on"] and "batch 2" in props["deploy_plan_measured_on"]
+    conv_weights = {n.input[1] for n in graph.graph.node if n.op_type == "Conv"}
+    shapes = [tuple(numpy_helper.to_array(i).shape) for i in graph.graph.initializer if i.name in conv_weights]
+    assert shapes.count((16, 16, 3, 3)) == 6  # the dense layers hold the 3x3 structured kernel
+    reference = decompose(project(model))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)  # (the batch axis stays dynamic)
+    (y,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(np.asarray(y)), reference(x)) <= 1e-4
+    with pytest.raises(SystemExit):
+        main(["--model", NAME, "--out", str(tmp_path / "q.onnx"), "--plan-forms", "dense"])
+    assert "must include 'decomposed'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("form", ["state_dict", "lightning", "deploy", "artifact"])

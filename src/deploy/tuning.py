@@ -9,15 +9,15 @@ choices among those forms that were made by measuring, on this project's CPU:
   first imported, i.e. on any import of ``src.deploy``, unless another policy was installed
   first; without it the core runs its reference forms (same results up to rounding, slower).
   Override a threshold with ``set_sum_pool_policy(dataclasses.replace(CPU_SUM_POOL_POLICY, ...))``.
-- :func:`plan_recompose`: the per-layer deploy plan for ``decompose(model, recompose=plan)``,
-  measured on an example input.
+- :func:`plan_recompose`: the per-layer deploy plan (layer name -> exact form,
+  src/deploy/forms.py), measured on an example input on the backend that will run the model:
+  eager PyTorch, ``torch.compile`` or ONNX Runtime (src/deploy/runtimes.py).
 - :func:`time_interleaved`: the wall-clock timer both of them, and the benchmarks (src/bench),
   use.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,11 +27,14 @@ import torch
 from torch import nn
 
 from src.structured._util import is_channels_last
-from src.structured.layers import StructuredConv2d, StructuredLayer
-from src.structured.ops import DEPLOY_FORMS, decompose, structured_layers
+from src.structured.ops import DEPLOY_FORMS
 from src.structured.sumpool import SumPoolPolicy, get_sum_pool_policy, set_sum_pool_policy
 
-__all__ = ["time_interleaved", "plan_recompose", "CpuSumPoolPolicy", "CPU_SUM_POOL_POLICY"]
+from .forms import LayerForm, layer_forms, plannable_layers, rewrite_layer
+from .runtimes import RUNTIMES as PLAN_BACKENDS
+
+__all__ = ["time_interleaved", "plan_recompose", "PLAN_FORMS", "PLAN_BACKENDS", "CpuSumPoolPolicy",
+           "CPU_SUM_POOL_POLICY"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,38 +117,40 @@ if type(get_sum_pool_policy()) is SumPoolPolicy:  # the core's reference default
 # The deploy plan
 # ------------------------------------------------------------------------------------------------
 
+PLAN_FORMS: dict[str, tuple[str, ...]] = {
+    # eager: the installed policy already picks the fastest sum-pool form per input, so the
+    # layer kinds matter most; the new fixed-kernel forms are candidates too
+    "eager": ("decomposed", "spatial", "dense", "decomposed[ch=ones_conv]", "decomposed[sp=mean]",
+              "spatial[sp=mean]"),
+    # inductor fuses pads / slices / adds itself; a conv-only or pool + conv layer may still win
+    "compile": ("decomposed", "spatial", "dense", "decomposed[ch=ones_conv]", "decomposed[ch=cumsum]",
+                "decomposed[sp=mean]", "decomposed[ch=ones_conv,sp=mean]", "spatial[sp=mean]"),
+    # ONNX Runtime: conv and pool nodes stay in its blocked (NCHWc) layout, slices and adds do
+    # not; the multiply after AveragePool is folded into the conv by sp=mean
+    "onnxruntime": ("decomposed", "spatial", "dense", "decomposed[ch=ones_conv]", "decomposed[sp=mean]",
+                    "decomposed[ch=ones_conv,sp=mean]", "decomposed[sp=depthwise]",
+                    "decomposed[ch=ones_conv,sp=depthwise]", "spatial[sp=mean]", "spatial[sp=depthwise]"),
+}
+"""The candidate forms each backend's plan times by default (src/deploy/forms.py); each layer is
+timed in those that apply to it. ``plan_recompose(..., backend="eager")`` without `forms` times
+only the three layer kinds (DEPLOY_FORMS), whose plan ``decompose(recompose=plan)`` takes."""
 
-def _forms_for(layer: StructuredLayer, forms: Sequence[str]) -> list[str]:
-    """The distinct deploy forms worth timing for `layer` ("spatial" only when it differs from both
-    others: a conv with channel and spatial structure)."""
-    out = [f for f in forms if f != "spatial"]
-    if "spatial" in forms and isinstance(layer, StructuredConv2d) \
-            and layer.inner_channels < layer.in_channels // layer.groups \
-            and layer.inner_kernel_size < layer.kernel_size[0]:
-        out.append("spatial")
-    return out
+
+def _signature(layer: nn.Module, x: torch.Tensor) -> tuple:
+    """What a layer's speed depends on: its class, hyper-parameters and structure, and its input's
+    shape, dtype, device and memory format (not its weights' values)."""
+    keys = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+            "inner_channels", "inner_kernel_size", "in_features", "out_features", "inner_features")
+    attrs = tuple(repr(getattr(layer, k, None)) for k in keys)
+    pool = getattr(layer, "pool", None)
+    pads = repr(getattr(pool, "padding", None))
+    bias = getattr(layer, "bias", None) is not None or getattr(getattr(layer, "conv", None), "bias", None) is not None
+    return (type(layer).__name__, attrs, pads, bias, tuple(x.shape), x.dtype, x.device.type, is_channels_last(x))
 
 
-@torch.no_grad()
-def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int = 15,
-                   margin: float = 0.05, forms: Sequence[str] = DEPLOY_FORMS) -> dict[str, str]:
-    """The deploy plan for ``decompose(module, recompose=plan)``: name -> form ("dense" or
-    "spatial") for the structured layers of `module` that run faster in that form than
-    decomposed, measured on this machine.
-
-    One forward pass of `example_input` records each structured layer's input; each layer is
-    then timed in each of `forms` on that input (interleaved, median of `reps` after warm-up, in
-    the input's memory format and the current thread setting). A layer leaves the decomposed
-    form only when another is faster by more than `margin` (a fraction), so measurement noise
-    leaves layers decomposed. The plan is specific to the input shape, hardware and backend it
-    was measured on (this is eager PyTorch; a compiler or ONNX Runtime fuses differently).
-    """
-    unknown = set(forms) - set(DEPLOY_FORMS)
-    if unknown or "decomposed" not in forms:
-        raise ValueError(f"plan_recompose: forms must include 'decomposed' and be among {DEPLOY_FORMS}, "
-                         f"got {tuple(forms)}")
+def _record_inputs(module: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor]]:
     inputs: dict[str, torch.Tensor] = {}
-    layers = dict(structured_layers(module))
+    layers = dict(plannable_layers(module))
     handles = [layer.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0]))
                for name, layer in layers.items()]
     try:
@@ -153,14 +158,103 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
     finally:
         for h in handles:
             h.remove()
-    plan: dict[str, str] = {}
-    for name, x in inputs.items():
-        layer = layers[name]
+    return layers, inputs
+
+
+def _time_eager(groups, reps):
+    times = []
+    for mods, x in groups:
         fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-        candidates = _forms_for(layer, forms)
-        mods = [decompose(layer, tol=math.inf, recompose={"": f}).to(memory_format=fmt) for f in candidates]
-        times = dict(zip(candidates, time_interleaved([lambda m=m: m(x) for m in mods], reps=reps, warmup=2)))
-        best = min(times, key=times.get)
-        if best != "decomposed" and times[best] * (1 + margin) < times["decomposed"]:
-            plan[name] = best
-    return plan
+        mods = [m.to(memory_format=fmt) for m in mods]
+        times.append(time_interleaved([lambda m=m: m(x) for m in mods], reps=reps, warmup=2))
+    return times
+
+
+def _time_compiled(groups, reps):
+    from .runtimes import compile_session, compiled_runner
+
+    times = []
+    for mods, x in groups:
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        with compile_session():
+            runs = [compiled_runner(m.to(memory_format=fmt), x) for m in mods]
+            times.append(time_interleaved(runs, reps=reps, warmup=2))
+    return times
+
+
+def _time_onnxruntime(groups, reps, threads):
+    from .runtimes import export_many_onnx, ort_session
+
+    modules, inputs, index = [], [], []
+    for j, (mods, x) in enumerate(groups):
+        inputs.append(x.contiguous())
+        modules += mods
+        index += [j] * len(mods)
+    graphs = iter(export_many_onnx(modules, inputs, index))
+    times = []
+    for mods, x in groups:
+        array = x.detach().cpu().contiguous().numpy()
+        sessions = [ort_session(next(graphs), threads) for _ in mods]
+        runs = [lambda s=s, feed={s.get_inputs()[0].name: array}: s.run(None, feed) for s in sessions]
+        times.append(time_interleaved(runs, reps=reps, warmup=2))
+    return times
+
+
+@torch.no_grad()
+def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int = 15,
+                   margin: float = 0.05, forms: Sequence[str] | None = None, backend: str = "eager",
+                   threads: int | None = None) -> dict[str, str]:
+    """The deploy plan for `backend` ("eager", "compile" or "onnxruntime"): layer name -> form
+    for the layers of `module` that run faster in another exact form than decomposed, measured
+    on this machine, on that backend. Apply it with :func:`src.deploy.forms.decompose_planned`
+    (or, for a plan of plain layer kinds, ``decompose(module, recompose=plan)``).
+
+    `module` is a train-form structured model or an already decomposed one. One forward pass of
+    `example_input` records each layer's input. Layers are grouped by what their speed depends on
+    (class, hyper-parameters, structure, input shape / dtype / memory format); for each group one
+    layer is timed in each form of `forms` that applies to it (:func:`src.deploy.forms.layer_forms`;
+    default ``PLAN_FORMS[backend]``, for eager the three layer kinds), interleaved, median of
+    `reps` after warm-up, on the backend: eager in the input's memory format; ``torch.compile``
+    (inductor, freezing) in it; ONNX Runtime (CPU provider, `threads` intra-op threads, default
+    torch's count) on the graphs the dynamo exporter writes for the candidates (all exported at
+    once). A group leaves the decomposed form only when another is faster by more than `margin`
+    (a fraction), so measurement noise leaves layers decomposed. The plan is specific to the
+    backend, input shape, thread count and hardware it was measured on.
+    """
+    if backend not in PLAN_BACKENDS:
+        raise ValueError(f"plan_recompose: unknown backend {backend!r}; choose from {PLAN_BACKENDS}")
+    if forms is None:
+        forms = DEPLOY_FORMS if backend == "eager" else PLAN_FORMS[backend]
+    parsed = [LayerForm.parse(f) for f in forms]
+    if not any(f.is_default for f in parsed):
+        raise ValueError(f"plan_recompose: forms must include 'decomposed', got {tuple(forms)}")
+    layers, inputs = _record_inputs(module, example_input)
+    groups: dict[tuple, list[str]] = {}
+    for name, x in inputs.items():
+        groups.setdefault(_signature(layers[name], x), []).append(name)
+    timed: list[tuple[list[str], list[LayerForm]]] = []
+    work = []
+    for names in groups.values():
+        rep = layers[names[0]]
+        candidates = layer_forms(rep, parsed)
+        if len(candidates) < 2:
+            continue
+        candidates.sort(key=lambda f: not f.is_default)  # decomposed first
+        work.append(([rewrite_layer(rep, f).eval() for f in candidates], inputs[names[0]]))
+        timed.append((names, candidates))
+    if not work:
+        return {}
+    if backend == "eager":
+        times = _time_eager(work, reps)
+    elif backend == "compile":
+        times = _time_compiled(work, reps)
+    else:
+        times = _time_onnxruntime(work, reps, threads)
+    plan: dict[str, str] = {}
+    for (names, candidates), t in zip(timed, times):
+        by_form = dict(zip(candidates, t))
+        best = min(by_form, key=by_form.get)
+        if not best.is_default and by_form[best] * (1 + margin) < t[0]:
+            plan.update(dict.fromkeys(names, str(best)))
+    order = {name: i for i, name in enumerate(layers)}
+    return dict(sorted(plan.items(), key=lambda kv: order[kv[0]]))

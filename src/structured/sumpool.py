@@ -196,7 +196,9 @@ def _cumsum_window_sum(t: torch.Tensor, axis: int, window: int) -> torch.Tensor:
     count = t.size(axis) - window + 1
     first, rest = prefix.narrow(axis, window - 1, 1), (prefix.narrow(axis, window, count - 1),
                                                        prefix.narrow(axis, 0, count - 1))
-    if _needs_grad(t):  # autograd: out= is not differentiable
+    if _needs_grad(t) or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # autograd (out= is not differentiable), compile and export (out= into a view of an
+        # empty tensor specialises the traced shapes): one concatenation instead
         return torch.cat([first, rest[0] - rest[1]], axis)
     # inference: one output, no torch.cat pass (-17 ms of a 610 ms ResNet-50 forward, batch 16)
     out = torch.empty(prefix.narrow(axis, 0, count).shape, dtype=prefix.dtype, device=prefix.device)
