@@ -3,8 +3,10 @@
 A backend has
 
 - ``name``: what ``--backends`` and the report call it;
-- ``deploy_plan``: whether the "+plan" rows (the deploy plan, measured in eager PyTorch) are
-  timed on it;
+- ``plan_backend``: the runtime its deploy plan is measured on (``plan_recompose(...,
+  backend=...)``: "eager", "compile" or "onnxruntime"), for its "+plan" rows; None: no plan rows
+  (the CUDA backends); ``deploy_plan`` says whether it has one;
+- ``channels_last``: whether it runs (and plans) in channels_last;
 - ``session()``: a context manager holding the global settings the backend needs while a group
   of candidates is prepared and timed on it, restored when the block ends;
 - ``prepare(model, x)``: a zero-argument callable running a private copy of `model` on `x`
@@ -14,7 +16,8 @@ A backend has
 Backends: ``eager`` (NCHW) and ``eager_cl`` (channels_last), plain PyTorch under
 ``torch.no_grad``; ``compile``, ``torch.compile`` (inductor, freezing on), channels_last;
 ``onnxruntime``, the model exported by :func:`src.export.export_onnx` on ONNX Runtime's CPU
-provider; ``cuda``, ``cuda_bf16`` (autocast) and ``cuda_compile``, channels_last on the GPU.
+provider; ``cuda``, ``cuda_bf16`` (autocast) and ``cuda_compile``, channels_last on the GPU. The
+CPU ones run as src/deploy/runtimes.py runs them, which the deploy plan also uses.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Callable, ContextManager, Iterator, Protocol, Sequence
 import torch
 from torch import nn
 
-from .timing import inductor_freezing
+from src.deploy.runtimes import compile_session, ort_session_options
 
 __all__ = ["Skip", "Backend", "Eager", "Compiled", "Cuda", "OnnxRuntime", "CPU_BACKENDS", "CUDA_BACKENDS",
            "make_backend", "default_backends"]
@@ -47,7 +50,11 @@ class Skip(Exception):
 
 class Backend(Protocol):
     name: str
-    deploy_plan: bool
+    plan_backend: str | None
+    channels_last: bool
+
+    @property
+    def deploy_plan(self) -> bool: ...
 
     def session(self) -> ContextManager[None]: ...
 
@@ -81,7 +88,11 @@ class Eager:
 
     name: str = "eager"
     channels_last: bool = False
-    deploy_plan: bool = False
+    plan_backend: str | None = "eager"
+
+    @property
+    def deploy_plan(self) -> bool:
+        return self.plan_backend is not None
 
     def session(self) -> ContextManager[None]:
         return nullcontext()
@@ -100,12 +111,16 @@ class Compiled:
 
     name: str = "compile"
     device: str = "cpu"
-    deploy_plan: bool = False
+    plan_backend: str | None = "compile"
+    channels_last: bool = True
+
+    @property
+    def deploy_plan(self) -> bool:
+        return self.plan_backend is not None
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        torch._dynamo.reset()  # a fresh code cache per group: no recompile limits, no dynamic batch
-        with inductor_freezing(True):
+        with compile_session():  # a fresh code cache per group (no recompile limits, no dynamic batch), freezing
             yield
 
     def prepare(self, model: nn.Module, x: torch.Tensor) -> Runner:
@@ -121,7 +136,12 @@ class Cuda:
 
     name: str = "cuda"
     bf16: bool = False
-    deploy_plan: bool = False
+    plan_backend: str | None = None
+    channels_last: bool = True
+
+    @property
+    def deploy_plan(self) -> bool:
+        return self.plan_backend is not None
 
     def session(self) -> ContextManager[None]:
         return nullcontext()
@@ -141,7 +161,12 @@ class OnnxRuntime:
 
     threads: int
     name: str = "onnxruntime"
-    deploy_plan: bool = False
+    plan_backend: str | None = "onnxruntime"
+    channels_last: bool = False
+
+    @property
+    def deploy_plan(self) -> bool:
+        return self.plan_backend is not None
 
     def session(self) -> ContextManager[None]:
         return nullcontext()
@@ -152,11 +177,8 @@ class OnnxRuntime:
 
             from src.export import export_onnx
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             # no spin-waiting after a run: idle sessions would steal the cores of the one being timed
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts = ort_session_options(self.threads)
             with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:  # the session holds the graph
                 path = export_onnx(copy.deepcopy(model), Path(tmp) / "model.onnx", tuple(x.shape))
                 session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -170,12 +192,12 @@ def make_backend(name: str, *, threads: int) -> Backend:
     """The backend called `name` (one of CPU_BACKENDS + CUDA_BACKENDS)."""
     factories: dict[str, Callable[[], Backend]] = {
         "eager": lambda: Eager("eager"),
-        "eager_cl": lambda: Eager("eager_cl", channels_last=True, deploy_plan=True),
+        "eager_cl": lambda: Eager("eager_cl", channels_last=True),
         "compile": lambda: Compiled("compile"),
         "onnxruntime": lambda: OnnxRuntime(threads),
         "cuda": lambda: Cuda("cuda"),
         "cuda_bf16": lambda: Cuda("cuda_bf16", bf16=True),
-        "cuda_compile": lambda: Compiled("cuda_compile", device="cuda"),
+        "cuda_compile": lambda: Compiled("cuda_compile", device="cuda", plan_backend=None),
     }
     if name not in factories:
         raise ValueError(f"unknown backend {name!r} (known: {', '.join(factories)})")

@@ -1,8 +1,8 @@
 """Core benchmark: (a) structural-loss overhead on a ResNet-56 training step, (b) sum-pool +
 small conv against the dense conv it replaces, per layer, NCHW and channels_last.
 
-    python -m src.bench.core [--threads 2] [--reps 20] [--quick] [--out results/bench_core.md]
-                             [--allow-dirty]
+    python -m src.bench.core [--threads 2] [--reps 20] [--malloc default|tuned] [--quick]
+                             [--out results/bench_core.md] [--allow-dirty]
 
 Everything is measured side by side in this process (see src/bench/timing.py) and printed as
 markdown (and written to --out when given, headed by the code's git commit); no numbers are
@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__":
-    # transparent huge pages for PyTorch's CPU allocator, as in `python -m src.bench`: read once by
-    # c10 when torch starts, so set before torch is imported, and only when run as a script
+if __name__ == "__main__" and any(a in ("--malloc=tuned", "tuned") for a in sys.argv[1:]):
+    # with --malloc tuned, transparent huge pages for PyTorch's CPU allocator, as in `python -m
+    # src.bench`: read once by c10 when torch starts, so set before torch is imported, and only
+    # when run as a script
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse  # noqa: E402
@@ -143,8 +144,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions per candidate (default 20)")
     ap.add_argument("--batch", type=int, default=128, help="ResNet-56 training batch")
-    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                    help="allocator setting (see src/bench/timing.py:configure_allocator)")
+    ap.add_argument("--malloc", choices=("tuned", "default"), default="default",
+                    help="allocator setting (default: glibc as a user has it; see "
+                         "src/bench/timing.py:configure_allocator)")
     ap.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
     ap.add_argument("--out", help="also write the report to this markdown file")
     ap.add_argument("--allow-dirty", action="store_true",

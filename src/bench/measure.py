@@ -6,8 +6,11 @@ src/bench/report.py.
 - :func:`measure_training`: SGD steps, dense vs structured (+ structural loss) -> :class:`TrainingRow` s;
 - :func:`measure_profile`: where the time goes per layer kind (torch.profiler) -> :class:`Profile`.
 
-Models are built as the registry builds them, with random weights; each measurement runs in a
-:func:`~src.bench.timing.seeded` block (seed 0, the caller's RNG state restored after it).
+Models are built as the registry builds them, with random weights (``--quick``'s tiny model,
+:data:`QUICK_MODEL`, is built here); each measurement runs in a :func:`~src.bench.timing.seeded`
+block (seed 0, the caller's RNG state restored after it). Each backend's "+plan" rows run the
+model in the deploy plan measured on that backend (``plan_recompose(..., backend=...)``,
+src/deploy/tuning.py), applied with :func:`src.deploy.decompose_planned`.
 """
 
 from __future__ import annotations
@@ -20,32 +23,79 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.models import create_model, get_entry
-from src.deploy import plan_recompose
-from src.structured import DecomposedConv2d, SumPool, complexity, decompose, project, structural_loss
+from src.deploy import PLAN_FORMS, LayerForm, decompose_planned, plan_recompose, plan_summary
+from src.deploy.forms import PooledConv2d
+from src.models import create_model, get_entry, load_structure
+from src.structured import DecomposedConv2d, SumPool, complexity, decompose, project, structural_loss, structurize
 from src.structured.ops import structured_layers
 
 from .backends import CL, Backend, Skip
 from .timing import seeded, time_interleaved
 
-__all__ = ["ROUNDS", "PlanCounts", "Row", "Skipped", "TrainingRow", "Breakdown", "Profile", "measure_model",
-           "measure_training", "measure_profile", "LAYER_KINDS"]
+__all__ = ["ROUNDS", "QUICK_MODEL", "PlanCounts", "Row", "Skipped", "TrainingRow", "Breakdown", "Profile",
+           "measure_model", "measure_training", "measure_profile", "LAYER_KINDS", "model_info", "build", "plan_for",
+           "rows_to_json", "rows_from_json"]
 
 # interleaved timing rounds per row; each candidate's time is its best round's median
 ROUNDS = 3
+# --quick's model: small enough for torch.compile and ONNX export in seconds (see TinyNet)
+QUICK_MODEL = "tiny_resnet"
+
+
+class TinyNet(nn.Module):
+    """The quick mode's model: a 3x3 stem, two residual-free 3x3 conv layers of one shape (one
+    deploy-plan group), global pooling and a classifier; structured with the CIFAR ResNet rule
+    sets (the stem and classifier excluded by name)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.body = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(self.conv1(x)))
+
+
+def model_info(name: str) -> tuple[tuple[int, int, int], int]:
+    """(input size (C, H, W), number of classes) of a benchmark model."""
+    if name == QUICK_MODEL:
+        return (3, 32, 32), 10
+    entry = get_entry(name)
+    return entry.input_size, entry.num_classes
+
+
+def build(name: str, variant: str | None = None) -> nn.Module:
+    """The dense model `name` (variant None) or its structured variant, train form, random weights."""
+    if name != QUICK_MODEL:
+        return create_model(name if variant is None else f"struct_{name}_{variant}")
+    model = TinyNet()
+    if variant is not None:
+        structurize(model, load_structure("cifar_resnet", variant))
+    return model
 
 
 @dataclass(frozen=True)
 class PlanCounts:
-    """How many of a model's `total` structured layers a deploy plan moved to each form."""
+    """How many of a model's `total` structured layers a deploy plan moved to each form: `dense`
+    and `spatial` layer kinds (with any sum-pool forms), `other`: layers left decomposed but with
+    fixed sum-pool forms; `forms`: [(form, layers)] of the whole plan (src.deploy.plan_summary)."""
 
     dense: int
     spatial: int
     total: int
+    other: int = 0
+    forms: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, plan: dict[str, str], total: int) -> "PlanCounts":
-        return cls(sum(f == "dense" for f in plan.values()), sum(f == "spatial" for f in plan.values()), total)
+        kinds = [LayerForm.parse(f) for f in plan.values()]
+        return cls(sum(f.kind == "dense" for f in kinds), sum(f.kind == "spatial" for f in kinds), total,
+                   sum(f.kind == "decomposed" and not f.is_default for f in kinds),
+                   tuple(plan_summary(plan, total)))
 
 
 @dataclass
@@ -79,27 +129,40 @@ class Skipped:
 
 
 def _input(name: str, batch: int) -> torch.Tensor:
-    return torch.randn(batch, *get_entry(name).input_size)
+    return torch.randn(batch, *model_info(name)[0])
 
 
 def _structured(name: str, variant: str) -> nn.Module:
-    return project(create_model(f"struct_{name}_{variant}").eval())
+    return project(build(name, variant).eval())
 
 
 def measure_model(name: str, batch: int, variants: Sequence[str], backends: Sequence[Backend], *, reps: int,
-                  min_time: float, plan: bool,
+                  min_time: float, plan: bool, plan_forms: Sequence[str] | None = None, plan_reps: int | None = None,
                   progress: Callable[[Row | Skipped], None] | None = None) -> tuple[list[Row], list[Skipped]]:
     """Per backend, the dense model and every decomposed variant of `name` (plus, where the
-    backend takes it and `plan`, each variant with its deploy plan measured at this batch) timed
-    interleaved in ROUNDS rounds; each candidate's time is its fastest round's median."""
+    backend has a plan runtime and `plan`, each variant with the deploy plan measured on that
+    backend at this batch, among `plan_forms`, default PLAN_FORMS[runtime], `plan_reps`
+    repetitions per candidate, default max(5, reps)) timed interleaved in ROUNDS rounds; each
+    candidate's time is its fastest round's median. A plan that fails is a Skipped item."""
     with seeded(0):
         return _measure_model(name, batch, variants, backends, reps=reps, min_time=min_time, plan=plan,
-                              progress=progress)
+                              plan_forms=plan_forms, plan_reps=plan_reps, progress=progress)
 
 
-def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, progress):
-    size = get_entry(name).input_size
-    dense = create_model(name).eval()
+def plan_for(backend: Backend, structured: nn.Module, x: torch.Tensor, *, reps: int,
+             forms: Sequence[str] | None = None) -> dict[str, str]:
+    """The deploy plan of `structured` (train form) measured on `backend`'s runtime, in its
+    memory format, with its thread count (ONNX Runtime)."""
+    if backend.channels_last:
+        structured, x = copy.deepcopy(structured).to(memory_format=CL), x.to(memory_format=CL)
+    runtime = backend.plan_backend
+    return plan_recompose(structured, x, backend=runtime, reps=reps, forms=forms or PLAN_FORMS[runtime],
+                          threads=getattr(backend, "threads", None))
+
+
+def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, plan_forms, plan_reps, progress):
+    size = model_info(name)[0]
+    dense = build(name).eval()
     dense_macs = complexity(dense, size).mults
     structured = {v: _structured(name, v) for v in variants}
     decomposed = {v: (decompose(s), complexity(s, size).mults_decomposed / dense_macs) for v, s in structured.items()}
@@ -112,9 +175,15 @@ def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, pro
         for v, s in structured.items():
             candidates[(v, None)] = decomposed[v]
             if plan and backend.deploy_plan:
-                forms = plan_recompose(copy.deepcopy(s).to(memory_format=CL), x.to(memory_format=CL),
-                                       reps=max(5, reps))
-                planned = decompose(s, recompose=forms)
+                try:
+                    forms = plan_for(backend, s, x, reps=plan_reps or max(5, reps), forms=plan_forms)
+                except Exception as e:  # noqa: BLE001 - a failed plan skips the plan row, with the reason
+                    skipped.append(Skipped(name, batch, f"{backend.name} +plan ({v})",
+                                           f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"))
+                    if progress:
+                        progress(skipped[-1])
+                    continue
+                planned = decompose_planned(s, forms)
                 counts = PlanCounts.of(forms, sum(1 for _ in structured_layers(s)))
                 candidates[(v, counts)] = (planned, complexity(planned, size).mults / dense_macs)
         with backend.session():
@@ -136,6 +205,29 @@ def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, pro
             if progress:
                 progress(row)
     return rows, skipped
+
+
+def rows_to_json(rows: Sequence[Row], skipped: Sequence[Skipped], **extra) -> str:
+    """Rows and skipped items as JSON (an extra allocator row set's child process hands them back)."""
+    import dataclasses
+    import json
+
+    return json.dumps({"rows": [dataclasses.asdict(r) for r in rows],
+                       "skipped": [dataclasses.asdict(s) for s in skipped], **extra})
+
+
+def rows_from_json(text: str) -> tuple[list[Row], list[Skipped]]:
+    import json
+
+    data = json.loads(text)
+    rows = []
+    for r in data["rows"]:
+        plan = r.pop("plan")
+        if plan is not None:
+            plan["forms"] = tuple(tuple(f) for f in plan["forms"])
+            plan = PlanCounts(**plan)
+        rows.append(Row(**{**r, "input_hw": tuple(r["input_hw"]), "round_ratios": tuple(r["round_ratios"])}, plan=plan))
+    return rows, [Skipped(**s) for s in data["skipped"]]
 
 
 # ---------------------------------------------------------------------------------- training
@@ -161,9 +253,9 @@ def measure_training(name: str, batch: int, reps: int, lam: float = 1e-2) -> Tra
 
 def _measure_training(name: str, batch: int, reps: int, lam: float) -> TrainingRow:
     x = _input(name, batch).to(memory_format=CL)
-    y = torch.randint(0, get_entry(name).num_classes, (batch,))
-    dense = create_model(name).train().to(memory_format=CL)
-    struct = create_model(f"struct_{name}_a").train().to(memory_format=CL)
+    y = torch.randint(0, model_info(name)[1], (batch,))
+    dense = build(name).train().to(memory_format=CL)
+    struct = build(name, "a").train().to(memory_format=CL)
     opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in (dense, struct)}
 
     def step(model, task=True, reg=False):
@@ -212,7 +304,7 @@ def _kind(module: nn.Module, parent: nn.Module | None) -> str | None:
     if isinstance(module, SumPool):
         return "sum-pool"
     if isinstance(module, nn.Conv2d):
-        if isinstance(parent, DecomposedConv2d):
+        if isinstance(parent, (DecomposedConv2d, PooledConv2d)):
             return "small conv (alpha)"
         return "conv (dense kernel)"
     return None
@@ -256,13 +348,14 @@ def profile_breakdown(model: nn.Module, x: torch.Tensor, iters: int) -> Breakdow
     return Breakdown(ms, [(e.key[6:], e.self_cpu_time_total / 1e3 / iters) for e in ops])
 
 
-def measure_profile(name: str, batch: int, iters: int) -> Profile:
-    """The dense model, struct_<name>_a decomposed, and with its deploy plan, profiled."""
+def measure_profile(name: str, batch: int, iters: int, forms: Sequence[str] | None = None) -> Profile:
+    """The dense model, struct_<name>_a decomposed, and with its eager deploy plan (among
+    `forms`, default PLAN_FORMS["eager"]), profiled."""
     with seeded(0):
         x = _input(name, batch).to(memory_format=CL)
         s = _structured(name, "a").to(memory_format=CL)
-        plan = plan_recompose(s, x, reps=5)
+        plan = plan_recompose(s, x, reps=5, forms=forms or PLAN_FORMS["eager"])
         counts = PlanCounts.of(plan, sum(1 for _ in structured_layers(s)))
-        models = (create_model(name).eval(), decompose(s), decompose(s, recompose=plan))
+        models = (build(name).eval(), decompose(s), decompose_planned(s, plan))
         dense_b, dec_b, planned_b = (profile_breakdown(m.to(memory_format=CL), x, iters) for m in models)
     return Profile(name, batch, counts, dense_b, dec_b, planned_b)

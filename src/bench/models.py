@@ -1,10 +1,10 @@
 """Model-level speed benchmark: dense baselines against their decomposed structured variants.
 
     python -m src.bench [--models resnet56 resnet50] [--variants a b] [--batches 1 128]
-                        [--backends eager eager_cl compile onnxruntime] [--no-plan]
-                        [--sections models layers training profile] [--threads 2] [--reps 10]
-                        [--min-time 0.5] [--malloc tuned] [--quick] [--out results/speed.md]
-                        [--allow-dirty]
+                        [--backends eager eager_cl compile onnxruntime] [--no-plan] [--plan-forms F ...]
+                        [--sections models layers training profile] [--threads N] [--reps 10]
+                        [--min-time 0.5] [--malloc default] [--extra-allocators tuned jemalloc tcmalloc]
+                        [--extra-backends eager_cl compile] [--quick] [--out results/speed.md] [--allow-dirty]
 
 Models are built as the registry builds them, with random weights: the dense baseline by
 ``create_model(name)``, the structured one by ``create_model(f"struct_{name}_{v}")``, then
@@ -13,21 +13,34 @@ the dense model and every decomposed variant are timed interleaved in this proce
 warm-up (src/bench/timing.py), in three rounds; a row gives each candidate's median latency in
 its fastest round (a burst of other processes on a shared CPU then spoils one round, not the
 row), the throughput, the measured time ratio (decomposed / dense) and, beside it, the MAC
-ratio (the ideal). Backends:
+ratio (the ideal).
 
-- ``eager`` (NCHW) and ``eager_cl`` (channels_last): plain PyTorch under ``torch.no_grad``.
-  With ``eager_cl`` each variant is also timed with its deploy plan ("a+plan"): the layers
-  that :func:`src.deploy.plan_recompose` measured faster in another exact form, at this
-  batch, run in it (``decompose(..., recompose=plan)``): "dense" = one conv with the structured
-  kernel, "spatial" = sum-pool over space only, then an n x n conv over all channels.
+The headline rows run in the process as a user has it: glibc's default allocator (``--malloc
+default``), torch's default thread count unless ``--threads``. Each setup of
+``--extra-allocators`` (src/bench/timing.py: ALLOCATORS; default ``tuned``, the in-process
+mallopt tuning, ``glibc_tunables``, the same by environment, and ``jemalloc`` / ``tcmalloc``
+preloaded where installed) adds a labelled row set, measured in a child process (an allocator is
+process-wide) on ``--extra-backends`` (default eager_cl and compile, the backends whose memory
+goes through malloc; ONNX Runtime has its own arena), each with how a user gets it.
+
+Backends (each with its own deploy plan, "+plan" rows: ``plan_recompose(..., backend=...)``
+measures per layer the fastest exact form, src/deploy/forms.py, on the backend that will run it,
+at this batch; ``--plan-forms`` replaces the candidates, ``--no-plan`` skips the rows):
+
+- ``eager`` (NCHW) and ``eager_cl`` (channels_last): plain PyTorch under ``torch.no_grad``; plan
+  measured in eager PyTorch in the same memory format.
 - ``compile``: ``torch.compile`` (inductor, freezing on: weights constant-folded, as for CPU
-  inference), channels_last; skipped with the reason if compilation fails here.
+  inference), channels_last; plan measured on each layer's candidates compiled; skipped with the
+  reason if compilation fails here.
 - ``onnxruntime``: the model exported by :func:`src.export.export_onnx`, CPU provider, full
   graph optimisation, ``intra_op_num_threads`` = the thread count, no spin-waiting (sessions
-  timed in turn would otherwise spin on each other's cores).
-- ``cuda``, ``cuda_bf16`` (autocast), ``cuda_compile``: only when a GPU is present.
+  timed in turn would otherwise spin on each other's cores); plan measured on ONNX Runtime (the
+  graph ``python -m src.export`` writes by default).
+- ``cuda``, ``cuda_bf16`` (autocast), ``cuda_compile``: only when a GPU is present; no plan rows.
 
-Further sections: one 3x3 conv against its decomposition for C = 16..512
+Further sections: the deploy plans (layers per form); the targets (batch 1: <= 1.00; from batch
+16 on, ResNets <= 0.85, MobileNetV2 <= 0.95) with, per row, plain and planned ratios; the best
+and worst row per backend; one 3x3 conv against its decomposition for C = 16..512
 (:func:`src.bench.core.layer_table`); training steps (the structural loss's overhead, dense vs
 structured images/s); and a profile of the target pairs (where the time goes, per layer kind).
 The report (markdown) is printed and written to --out, labelled with the machine, thread count,
@@ -35,6 +48,11 @@ torch version, allocator setting, the code's git commit and the load average (ot
 share this CPU; the interleaving keeps ratios comparable, absolute times are not). Into the
 repository's results/ it writes only from committed code (src/provenance.py): with uncommitted
 changes to tracked files it refuses before timing anything, unless --allow-dirty.
+
+``--quick`` proves every path in seconds, not speed: a tiny model (two structured 3x3 convs of
+one shape, src/bench/measure.py: TinyNet), variant a, batch 2, the backends eager_cl, compile and
+onnxruntime each with its plan among three forms, few repetitions, one extra allocator row set
+(tuned, eager_cl), and the quick versions of the other sections.
 
 Layout: this module is the command line; src/bench/measure.py measures (returning data:
 ``Row``, ``Skipped``, ``TrainingRow``, ``Profile``), src/bench/backends.py holds one unit per
@@ -46,9 +64,13 @@ src/bench/timing.py the settings: the thread count, inductor freezing and the RN
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import json
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -56,8 +78,8 @@ from src import provenance
 
 from . import core, measure, report
 from .backends import CPU_BACKENDS, CUDA_BACKENDS, default_backends, make_backend
-from .measure import ROUNDS, Row, Skipped
-from .timing import configure_allocator, huge_pages_label, machine_label, torch_threads
+from .measure import QUICK_MODEL, ROUNDS, Row, Skipped
+from .timing import ALLOCATORS, configure_allocator, huge_pages_label, machine_label, torch_threads
 
 # dense name -> batch sizes (CIFAR models at 32x32, ImageNet models at 224x224)
 SUITE = {
@@ -65,11 +87,15 @@ SUITE = {
     "resnet18": (1, 16), "resnet50": (1, 16), "mobilenet_v2": (1, 16),
 }
 SECTIONS = ("models", "layers", "training", "profile")
-# (name, batch, max time ratio): the issue's targets, eager channels_last, variant a
-TARGETS = [("resnet56", 128, 0.80), ("resnet56", 1, 1.00), ("resnet50", 16, 0.80)]
+# (name, batch) profiled by default: where the targets are hardest
+PROFILE = [("resnet56", 128), ("resnet50", 16), ("mobilenet_v2", 16)]
 # (name, batch) of the training-speed section, and its structural-loss weight
 TRAINING = [("resnet56", 128), ("resnet50", 16)]
 TRAINING_LAMBDA = 1e-2
+EXTRA_ALLOCATORS = ("tuned", "glibc_tunables", "jemalloc", "tcmalloc")
+EXTRA_BACKENDS = ("eager_cl", "compile")
+# --quick: the candidate forms of every backend's plan (the plain kinds and one fixed-pool form)
+QUICK_PLAN_FORMS = ("decomposed", "dense", "spatial[sp=mean]")
 
 
 def _log(msg: str) -> None:
@@ -85,42 +111,122 @@ def _progress(item: Row | Skipped) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", choices=list(SUITE), help="dense names (default: all six)")
+    ap.add_argument("--models", nargs="+", choices=[*SUITE, QUICK_MODEL], help="dense names (default: all six)")
     ap.add_argument("--variants", nargs="+", choices=("a", "b"), help="default: a b")
     ap.add_argument("--batches", nargs="+", type=int, help="override each model's batch sizes")
     ap.add_argument("--backends", nargs="+", choices=CPU_BACKENDS + CUDA_BACKENDS,
                     help="default: all CPU backends, plus the CUDA ones when a GPU is present")
-    ap.add_argument("--no-plan", dest="plan", action="store_false", help="skip the per-layer deploy plan rows")
+    ap.add_argument("--no-plan", dest="plan", action="store_false", help="skip the per-backend deploy plan rows")
+    ap.add_argument("--plan-forms", nargs="+", metavar="FORM",
+                    help="candidate forms of every backend's plan (default: src.deploy.PLAN_FORMS[runtime])")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int,
+                    help="intra-op threads (default: the process's default, torch.get_num_threads())")
     ap.add_argument("--reps", type=int, default=10, help="minimum interleaved repetitions per row")
     ap.add_argument("--min-time", type=float, default=0.5,
                     help="minimum seconds timed per candidate in each of the row's rounds")
-    ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                    help="allocator setting (see src/bench/timing.py:configure_allocator)")
+    ap.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                    help="allocator setting of this process, the headline rows (default: glibc as a user has it; "
+                         "see src/bench/timing.py:configure_allocator)")
+    ap.add_argument("--extra-allocators", nargs="+", choices=(*EXTRA_ALLOCATORS, "none"),
+                    help="extra labelled row sets, each in a child process with that allocator setup (default: "
+                         f"{' '.join(EXTRA_ALLOCATORS)}; those not installed are listed as not measured; "
+                         "none: no extra rows)")
+    ap.add_argument("--extra-backends", nargs="+", choices=CPU_BACKENDS,
+                    help=f"backends of the extra allocator row sets (default: {' '.join(EXTRA_BACKENDS)})")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run in seconds: resnet20, variant a, batch 2, eager_cl, few repetitions")
+                    help=f"every path in seconds: {QUICK_MODEL}, variant a, batch 2, eager_cl + compile + onnxruntime "
+                         "each with its plan, few repetitions, one extra allocator row set")
     ap.add_argument("--out", default="results/speed.md", help="report file (default: results/speed.md)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="write into results/ even with uncommitted changes (the header then names a -dirty sha)")
+    ap.add_argument("--rows-json", help=argparse.SUPPRESS)  # (a child process: write the model rows here)
     return ap
+
+
+def _measure_models(args: argparse.Namespace, backend_names: Sequence[str]) -> tuple[list[Row], list[Skipped]]:
+    backends = [make_backend(n, threads=args.threads or _threads()) for n in backend_names]
+    rows: list[Row] = []
+    skipped: list[Skipped] = []
+    for name in args.models or list(SUITE):
+        for batch in args.batches or SUITE.get(name, (2,)):
+            _log(f"{name}, batch {batch}")
+            r, s = measure.measure_model(name, batch, args.variants or ["a", "b"], backends, reps=args.reps,
+                                         min_time=args.min_time, plan=args.plan, plan_forms=args.plan_forms,
+                                         plan_reps=args.plan_reps, progress=_progress)
+            rows += r
+            skipped += s
+    return rows, skipped
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _child_args(args: argparse.Namespace, setup_name: str, backends: Sequence[str], json_path: str,
+                out: str) -> list[str]:
+    """The command line of a child process measuring the extra row set of `setup_name`."""
+    setup = ALLOCATORS[setup_name]
+    argv = ["--sections", "models", "--malloc", setup.malloc, "--extra-allocators", "none", "--backends", *backends,
+            "--reps", str(args.reps), "--min-time", str(args.min_time), "--out", out, "--allow-dirty",
+            "--rows-json", json_path]
+    if args.models:
+        argv += ["--models", *args.models]
+    if args.variants:
+        argv += ["--variants", *args.variants]
+    if args.batches:
+        argv += ["--batches", *map(str, args.batches)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    if not args.plan:
+        argv.append("--no-plan")
+    if args.plan_forms:
+        argv += ["--plan-forms", *args.plan_forms]
+    if args.quick:
+        argv.append("--quick")
+    return [sys.executable, "-m", "src.bench", *argv]
+
+
+def _extra_allocator_sections(args: argparse.Namespace) -> list[str]:
+    """One section per extra allocator setup, each measured in a child process."""
+    names = [n for n in (args.extra_allocators or EXTRA_ALLOCATORS) if n != "none"]
+    backends = args.extra_backends or (["eager_cl"] if args.quick else [b for b in EXTRA_BACKENDS
+                                                                        if b in default_backends(args.backends)])
+    sections = []
+    for name in names:
+        setup = ALLOCATORS[name]
+        env = setup.environment()
+        if env is None:
+            sections.append(report.allocator_section(setup.label, setup.how, [], [],
+                                                     missing=f"none of {', '.join(setup.preload)} found on this machine"))
+            continue
+        _log(f"extra row set: {setup.label} ({' '.join(backends)}), in a child process")
+        with tempfile.TemporaryDirectory(prefix="bench_alloc_") as tmp:
+            json_path, out = os.path.join(tmp, "rows.json"), os.path.join(tmp, "speed.md")
+            proc = subprocess.run(_child_args(args, name, backends, json_path, out), env={**os.environ, **env},
+                                  cwd=provenance.REPO_ROOT, stdout=subprocess.DEVNULL)
+            if proc.returncode != 0 or not os.path.exists(json_path):
+                sections.append(report.allocator_section(setup.label, setup.how, [], [],
+                                                         missing=f"the child process failed (exit {proc.returncode})"))
+                continue
+            rows, skipped = measure.rows_from_json(Path(json_path).read_text())
+            allocator = json.loads(Path(json_path).read_text()).get("allocator", "")
+        sections.append(report.allocator_section(f"{setup.label} ({allocator})" if allocator else setup.label,
+                                                 setup.how, rows, skipped))
+    return sections
 
 
 def _sections(args: argparse.Namespace) -> list[str]:
     """Measure the requested sections and render each (under the caller's settings)."""
     sections = []
     if "models" in args.sections:
-        backends = [make_backend(n, threads=args.threads) for n in default_backends(args.backends)]
-        rows: list[Row] = []
-        skipped: list[Skipped] = []
-        for name in args.models or list(SUITE):
-            for batch in args.batches or SUITE[name]:
-                _log(f"{name}, batch {batch}")
-                r, s = measure.measure_model(name, batch, args.variants or ["a", "b"], backends, reps=args.reps,
-                                             min_time=args.min_time, plan=args.plan, progress=_progress)
-                rows += r
-                skipped += s
-        sections += [report.models_section(rows, skipped), report.targets_section(rows, TARGETS)]
+        rows, skipped = _measure_models(args, default_backends(args.backends))
+        if args.rows_json:  # a child process of an extra allocator row set
+            return [report.models_section(rows, skipped)], (rows, skipped)
+        sections += [report.models_section(rows, skipped), report.plans_section(rows), report.targets_section(rows),
+                     report.extremes_section(rows), *_extra_allocator_sections(args)]
     if "layers" in args.sections:
         _log("layers")
         sections.append(report.layers_section(core.measure_layers(args.reps, core.LAYERS[:1] if args.quick
@@ -128,21 +234,21 @@ def _sections(args: argparse.Namespace) -> list[str]:
     if "training" in args.sections:
         _log("training")
         training = []
-        for name, batch in [("resnet20", 8)] if args.quick else TRAINING:
+        for name, batch in [(QUICK_MODEL, 8)] if args.quick else TRAINING:
             training.append(measure.measure_training(name, batch, max(2, args.reps // 2), TRAINING_LAMBDA))
             _log("  " + report.training_line(training[-1]))
         sections.append(report.training_section(training, TRAINING_LAMBDA))
     if "profile" in args.sections:
         _log("profile")
         if args.quick:
-            pairs = [("resnet20", 2)]
+            pairs = [(QUICK_MODEL, 2)]
         elif args.models or args.batches:  # what was asked for, e.g. --models resnet56 --batches 1
             pairs = [(n, b) for n in (args.models or list(SUITE)) for b in (args.batches or SUITE[n])]
         else:
-            pairs = [(n, b) for n, b, _ in TARGETS if b > 1]
-        profiles = [measure.measure_profile(n, b, 2 if args.quick else 5) for n, b in pairs]
+            pairs = PROFILE
+        profiles = [measure.measure_profile(n, b, 2 if args.quick else 5, forms=args.plan_forms) for n, b in pairs]
         sections.append(report.profile_section(profiles, measure.LAYER_KINDS))
-    return sections
+    return sections, None
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -154,20 +260,26 @@ def main(argv: Sequence[str] | None = None) -> str:
     except provenance.DirtyTreeError as e:
         ap.error(str(e))
     sha = provenance.git_sha()
+    args.plan_reps = None
     if args.quick:
-        args.models = args.models or ["resnet20"]
+        args.models = args.models or [QUICK_MODEL]
         args.variants = args.variants or ["a"]
         args.batches = args.batches or [2]
-        args.backends = args.backends or ["eager_cl"]
-        args.reps, args.min_time = 2, 0.0
+        args.backends = args.backends or ["eager_cl", "compile", "onnxruntime"]
+        args.plan_forms = args.plan_forms or list(QUICK_PLAN_FORMS)
+        args.extra_allocators = args.extra_allocators or ["tuned"]
+        args.reps, args.min_time, args.plan_reps = 2, 0.0, 2
     allocator = f"{configure_allocator(args.malloc)}; {huge_pages_label()}"  # process-wide (timing.py)
-    with torch_threads(args.threads):
+    threads = torch_threads(args.threads) if args.threads else contextlib.nullcontext()
+    with threads:
         load_before = os.getloadavg()
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        sections = _sections(args)
+        sections, child_rows = _sections(args)
         info = report.RunInfo(command=" ".join(["python -m src.bench", *argv]), when=now, sha=sha,
                               machine=machine_label(), allocator=allocator, load_before=load_before,
                               load_after=os.getloadavg())
+    if child_rows is not None:
+        Path(args.rows_json).write_text(measure.rows_to_json(*child_rows, allocator=allocator))
     text = report.speed_report(info, ROUNDS, sections)
     print(text)
     out = Path(args.out)
