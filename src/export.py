@@ -25,7 +25,9 @@ The deploy plan (``--plan onnxruntime``, the default): before exporting, each st
 is timed in its exact forms on ONNX Runtime (CPU provider, ``--threads`` intra-op threads, an
 input of ``--batch`` images; ``src.deploy.plan_recompose(..., backend="onnxruntime")``, the
 candidates of ``--plan-forms``), and runs in the fastest: decomposed, "spatial", "dense", or
-with its sum-pool as a fixed 0/1 conv or a mean-pool folded into the conv (src/deploy/forms.py).
+with its sum-pool as a fixed 0/1 conv or a mean-pool folded into the conv (src/deploy/forms.py);
+then the whole model is timed with that plan, with none and with each form everywhere, and the
+fastest is kept (``--no-plan-refine`` skips this check).
 Every form computes the decomposed model's function up to rounding; the plan only changes
 speed. It takes seconds to minutes (one export of all candidates, then timing), and is specific
 to the machine, thread count and batch it was measured at. ``--plan none`` writes the plain
@@ -192,15 +194,16 @@ def export_onnx_files(model: nn.Module, path: str | Path, input_shape: tuple[int
 
 
 def plan_for_onnxruntime(model: nn.Module, input_shape: tuple[int, ...], *, threads: int | None = None,
-                         reps: int = 15, forms: Sequence[str] | None = None) -> dict[str, str]:
+                         reps: int = 15, forms: Sequence[str] | None = None, refine: bool = True) -> dict[str, str]:
     """The ONNX Runtime deploy plan of a decomposed (or train-form) model, measured on a random
-    input of `input_shape` (B, C, H, W): layer name -> form (src/deploy/tuning.py, plan_recompose)."""
+    input of `input_shape` (B, C, H, W): layer name -> form (src/deploy/tuning.py, plan_recompose;
+    `refine`: checked on the whole model against no plan and each form everywhere)."""
     from src.deploy import plan_recompose
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x = torch.randn(*input_shape)
-    return plan_recompose(model, x, backend="onnxruntime", threads=threads, reps=reps, forms=forms)
+    return plan_recompose(model, x, backend="onnxruntime", threads=threads, reps=reps, forms=forms, refine=refine)
 
 
 def plan_metadata(plan: Mapping[str, str] | None, model: nn.Module, measured_on: str) -> dict[str, str]:
@@ -243,6 +246,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--plan-forms", nargs="+", metavar="FORM",
                     help="candidate forms of the plan (default: src.deploy.PLAN_FORMS['onnxruntime']; e.g. "
                          "decomposed dense 'spatial[sp=mean]'; 'decomposed' must be among them)")
+    ap.add_argument("--no-plan-refine", dest="plan_refine", action="store_false",
+                    help="keep the per-layer plan without checking it on the whole model (by default the whole "
+                         "model is also timed with no plan and with each form everywhere, and the fastest kept)")
     ap.add_argument("--plan-reps", type=int, default=15, metavar="N",
                     help="timed repetitions per candidate form while planning (default 15)")
     ap.add_argument("--num-classes", type=int, metavar="N",
@@ -269,7 +275,8 @@ def main(argv: list[str] | None = None) -> Path:
 
         print(f"measuring the ONNX Runtime deploy plan of {name} at batch {args.batch} ...", flush=True)
         try:
-            plan = plan_for_onnxruntime(model, shape, threads=args.threads, reps=args.plan_reps, forms=args.plan_forms)
+            plan = plan_for_onnxruntime(model, shape, threads=args.threads, reps=args.plan_reps, forms=args.plan_forms,
+                                        refine=args.plan_refine)
         except ValueError as e:
             ap.error(str(e))
         measured_on = f"{runtime_label('onnxruntime', args.threads)}, batch {args.batch}; {machine_label()}"

@@ -213,9 +213,10 @@ def test_measure_model_returns_rows_and_leaves_settings_alone(monkeypatch):
     monkeypatch.setattr(measure, "time_interleaved", _scripted_times)
     first = {}
 
-    def plan(model, x, reps, backend, forms, threads):  # a fixed plan: the first structured layer re-composed
+    def plan(model, x, reps, backend, forms, threads, refine):  # a fixed plan: the first layer re-composed
         name = next(n for n, _ in measure.structured_layers(model))
-        first.update(name=name, backend=backend, channels_last=x.is_contiguous(memory_format=torch.channels_last))
+        first.update(name=name, backend=backend, channels_last=x.is_contiguous(memory_format=torch.channels_last),
+                     refine=refine)
         return {name: "dense"}
 
     monkeypatch.setattr(measure, "plan_recompose", plan)
@@ -244,7 +245,7 @@ def test_measure_model_returns_rows_and_leaves_settings_alone(monkeypatch):
     assert rows[0].mac_ratio < rows[1].mac_ratio < 1  # the re-composed layer costs its dense MACs
     assert skipped == [Skipped("resnet20", 2, "nowhere", "not on this machine")]
     assert seen == [*rows, *skipped]
-    assert first == {"name": "layer1.0.conv1", "backend": "eager", "channels_last": True}
+    assert first == {"name": "layer1.0.conv1", "backend": "eager", "channels_last": True, "refine": True}
 
 
 def test_report_layout_from_recorded_measurements(tmp_path, monkeypatch):
@@ -262,6 +263,10 @@ def test_report_layout_from_recorded_measurements(tmp_path, monkeypatch):
     breakdown = measure.Breakdown({"sum-pool": 1.0, "small conv (alpha)": 2.0, "total": 4.0}, [("add", 0.5)])
     monkeypatch.setattr(measure, "measure_profile", lambda name, batch, iters, forms=None: measure.Profile(
         name, batch, PlanCounts(1, 0, 18), breakdown, breakdown, breakdown))
+    monkeypatch.setattr(measure, "measure_ort_profile", lambda name, batch, iters, **k: measure.OrtProfile(
+        name, batch, "a", PlanCounts(2, 0, 2), {"dense": {"Conv": 1.0, "total": 1.0},
+                                                "decomposed a": {"Conv": 0.5, "Slice": 0.75, "total": 1.25},
+                                                "a+plan (2 dense, 0 spatial of 2)": {"Conv": 1.0, "total": 1.0}}))
     out = tmp_path / "speed.md"
     text = models.main(["--quick", "--threads", "1", "--extra-allocators", "none", "--out", str(out)])
     assert out.read_text() == text and text.endswith("\n")
@@ -274,7 +279,8 @@ def test_report_layout_from_recorded_measurements(tmp_path, monkeypatch):
                         "## Deploy plans", "## Best and worst row per backend",
                         "## Layer level: one 3x3 conv (C -> C, stride 1, pad 1) vs SumPool + small conv (n = 2)",
                         "## Training speed (SGD step: forward, backward, update; channels_last)",
-                        "## Profile: where the time goes (eager channels_last, torch.profiler, ms per forward)"]
+                        "## Profile: where the time goes (eager channels_last, torch.profiler, ms per forward)",
+                        "## Profile: where ONNX Runtime spends the time (its profiler, ms per forward, per op type)"]
     assert "| tiny_resnet | 32x32 | 2 | eager_cl | a | 2 | 1.5 | 1000 | 1333 | **0.75** | 0.45 |" in text
     assert "| tiny_resnet | 32x32 | 2 | eager_cl | a+plan (1 dense, 0 spatial of 18) | 2 | 1.4 |" in text
     assert "| 16 | 32x32 | 32 | 8 | channels_last | 1.000 | 0.500 | 0.50 | 0.25 |" in text
@@ -282,3 +288,5 @@ def test_report_layout_from_recorded_measurements(tmp_path, monkeypatch):
     assert "### tiny_resnet / struct_tiny_resnet_a, batch 2" in text
     assert "| sum-pool | 1.0 | 1.0 | 1.0 |" in text and "| other (BN, ReLU, adds, pooling, fc) | 0.0 |" in text
     assert "- a+plan (1 dense, 0 spatial of 18): add 0.5" in text
+    assert "| op type | dense | decomposed a | a+plan (2 dense, 0 spatial of 2) |" in text
+    assert "| Slice | 0.00 | 0.75 | 0.00 |" in text and text.endswith("| total | 1.00 | 1.25 | 1.00 |\n")

@@ -190,16 +190,20 @@ def test_onnxruntime_runs_every_form_like_pytorch():
             assert ops <= {"Conv", "AveragePool", "Pad"}, (form, ops)
 
 
-def _scripted_timer(monkeypatch, times):
+def _scripted_timer(monkeypatch, times, model_times=None):
     """Replace the timer of plan_recompose: run every candidate once, check that they agree with
-    the first (decomposed) one, and report times[form] (1.0 for forms not listed) for the forms in
-    the order the planner passes them, recorded in `seen`."""
+    the first one, and report times[form] (1.0 for forms not listed) for the forms in the order
+    the planner passes them, recorded in `seen`; whole-model candidates (refine: logits out) get
+    `model_times` in the order they come."""
     seen = []
 
     def timer(fns, reps=20, warmup=3, min_time=0.0):
         outs = [fn() for fn in fns]
         outs = [torch.as_tensor(np.asarray(o[0] if isinstance(o, list) else o)) for o in outs]
         assert all(rel_err(o, outs[0]) <= 1e-5 for o in outs[1:])
+        if outs[0].dim() == 2:  # the whole model
+            seen.append(("models", len(outs)))
+            return model_times[:len(outs)]
         forms = seen[-1]
         return [times.get(str(f), 1.0) for f in forms]
 
@@ -241,6 +245,11 @@ def test_plan_times_each_group_once_on_its_backend(monkeypatch, backend):
     if backend == "eager":  # within the 5 % margin: left decomposed
         _scripted_timer(monkeypatch, {"dense": 0.97})
         assert plan_recompose(model, x, backend=backend, reps=1, forms=forms) == {}
+    if backend != "compile":  # refine: the whole model with the plan, none, and each form everywhere
+        seen = _scripted_timer(monkeypatch, {"decomposed[sp=mean]": 0.5, "dense": 0.8}, [1.0, 1.2, 0.5])
+        refined = plan_recompose(model, x, backend=backend, reps=1, forms=forms, refine=True)
+        assert seen[-1] == ("models", 3)  # per-layer plan, no plan, all dense (all sp=mean = the plan)
+        assert refined == {"body.2": "dense", "body.5": "dense"}
 
 
 def test_plan_arguments_and_real_eager_plan():

@@ -104,7 +104,7 @@ def test_help_describes_every_option(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for option in ("--model", "--ckpt", "--format", "--out", "--opset", "--batch", "--num-classes", "metadata_props",
-                   "--plan", "--threads", "--plan-forms", "--plan-reps", "deploy_plan"):
+                   "--plan", "--threads", "--plan-forms", "--plan-reps", "--no-plan-refine", "deploy_plan"):
         assert option in text
 
 
@@ -128,7 +128,8 @@ def test_default_export_is_the_onnxruntime_plan_at_the_batch(tmp_path, monkeypat
     ckpt = tmp_path / "model.pt"
     torch.save(model.state_dict(), ckpt)
     out = main(["--model", NAME, "--ckpt", str(ckpt), "--out", str(tmp_path / "p.onnx"), "--batch", "2",
-                "--plan-forms", "decomposed", "dense", "decomposed[sp=mean]", "--plan-reps", "1", "--threads", "1"])
+                "--plan-forms", "decomposed", "dense", "decomposed[sp=mean]", "--plan-reps", "1", "--threads", "1",
+                "--no-plan-refine"])  # (refine: tests/test_deploy_forms.py)
     assert "ONNX Runtime plan at batch 2: 6 decomposed, 6 decomposed[sp=mean], 6 dense" in capsys.readouterr().out
     assert len(calls) == 5 and {shape[0] for shape, _ in calls} == {2} and {r for _, r in calls} == {1}
     graph = onnx.load(str(out))

@@ -33,8 +33,8 @@ from .backends import CL, Backend, Skip
 from .timing import seeded, time_interleaved
 
 __all__ = ["ROUNDS", "QUICK_MODEL", "PlanCounts", "Row", "Skipped", "TrainingRow", "Breakdown", "Profile",
-           "measure_model", "measure_training", "measure_profile", "LAYER_KINDS", "model_info", "build", "plan_for",
-           "rows_to_json", "rows_from_json"]
+           "OrtProfile", "measure_model", "measure_training", "measure_profile", "measure_ort_profile", "LAYER_KINDS",
+           "model_info", "build", "plan_for", "rows_to_json", "rows_from_json", "ort_op_times"]
 
 # interleaved timing rounds per row; each candidate's time is its best round's median
 ROUNDS = 3
@@ -138,29 +138,32 @@ def _structured(name: str, variant: str) -> nn.Module:
 
 def measure_model(name: str, batch: int, variants: Sequence[str], backends: Sequence[Backend], *, reps: int,
                   min_time: float, plan: bool, plan_forms: Sequence[str] | None = None, plan_reps: int | None = None,
+                  plan_refine: Sequence[str] = ("eager", "onnxruntime"),
                   progress: Callable[[Row | Skipped], None] | None = None) -> tuple[list[Row], list[Skipped]]:
     """Per backend, the dense model and every decomposed variant of `name` (plus, where the
     backend has a plan runtime and `plan`, each variant with the deploy plan measured on that
     backend at this batch, among `plan_forms`, default PLAN_FORMS[runtime], `plan_reps`
-    repetitions per candidate, default max(5, reps)) timed interleaved in ROUNDS rounds; each
+    repetitions per candidate, default max(5, reps); checked on the whole model on the runtimes of
+    `plan_refine`, see plan_recompose's refine) timed interleaved in ROUNDS rounds; each
     candidate's time is its fastest round's median. A plan that fails is a Skipped item."""
     with seeded(0):
         return _measure_model(name, batch, variants, backends, reps=reps, min_time=min_time, plan=plan,
-                              plan_forms=plan_forms, plan_reps=plan_reps, progress=progress)
+                              plan_forms=plan_forms, plan_reps=plan_reps, plan_refine=plan_refine, progress=progress)
 
 
 def plan_for(backend: Backend, structured: nn.Module, x: torch.Tensor, *, reps: int,
-             forms: Sequence[str] | None = None) -> dict[str, str]:
+             forms: Sequence[str] | None = None, refine: bool = False) -> dict[str, str]:
     """The deploy plan of `structured` (train form) measured on `backend`'s runtime, in its
     memory format, with its thread count (ONNX Runtime)."""
     if backend.channels_last:
         structured, x = copy.deepcopy(structured).to(memory_format=CL), x.to(memory_format=CL)
     runtime = backend.plan_backend
     return plan_recompose(structured, x, backend=runtime, reps=reps, forms=forms or PLAN_FORMS[runtime],
-                          threads=getattr(backend, "threads", None))
+                          threads=getattr(backend, "threads", None), refine=refine)
 
 
-def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, plan_forms, plan_reps, progress):
+def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, plan_forms, plan_reps, plan_refine,
+                   progress):
     size = model_info(name)[0]
     dense = build(name).eval()
     dense_macs = complexity(dense, size).mults
@@ -176,7 +179,8 @@ def _measure_model(name, batch, variants, backends, *, reps, min_time, plan, pla
             candidates[(v, None)] = decomposed[v]
             if plan and backend.deploy_plan:
                 try:
-                    forms = plan_for(backend, s, x, reps=plan_reps or max(5, reps), forms=plan_forms)
+                    forms = plan_for(backend, s, x, reps=plan_reps or max(5, reps), forms=plan_forms,
+                                     refine=backend.plan_backend in plan_refine)
                 except Exception as e:  # noqa: BLE001 - a failed plan skips the plan row, with the reason
                     skipped.append(Skipped(name, batch, f"{backend.name} +plan ({v})",
                                            f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"))
@@ -359,3 +363,72 @@ def measure_profile(name: str, batch: int, iters: int, forms: Sequence[str] | No
         models = (build(name).eval(), decompose(s), decompose_planned(s, plan))
         dense_b, dec_b, planned_b = (profile_breakdown(m.to(memory_format=CL), x, iters) for m in models)
     return Profile(name, batch, counts, dense_b, dec_b, planned_b)
+
+
+# ---------------------------------------------------------------------------------- ONNX Runtime profile
+@dataclass(frozen=True)
+class OrtProfile:
+    """Where ONNX Runtime spends a forward, ms per op type (its own profiler, the graph after its
+    optimisations): the dense model, struct_<name>_<variant> decomposed, and with its ONNX Runtime
+    deploy plan."""
+
+    model: str
+    batch: int
+    variant: str
+    plan: PlanCounts
+    columns: dict[str, dict[str, float]]  # label -> op type -> ms per forward (and "total")
+
+
+def ort_op_times(model: nn.Module, x: torch.Tensor, iters: int, threads: int | None = None) -> dict[str, float]:
+    """ms per forward of each ONNX Runtime op type (e.g. Conv, ReorderInput, Slice, Add; fused
+    nodes by their fused type) over `iters` runs after one warm-up, and their sum as "total"."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from src.deploy.runtimes import ort_session
+    from src.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="bench_ort_profile_") as tmp:
+        path = export_onnx(copy.deepcopy(model), Path(tmp) / "model.onnx", tuple(x.shape))
+        session = ort_session(path, threads, profile=True)
+        feed = {"input": x.numpy()}
+        for _ in range(iters + 1):
+            session.run(None, feed)
+        trace = Path(session.end_profiling())
+        try:
+            events = json.loads(trace.read_text())
+        finally:
+            trace.unlink(missing_ok=True)
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = runs[1] if len(runs) > 1 else 0  # skip the warm-up run
+    ms: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
+            op = e.get("args", {}).get("op_name", "?")
+            ms[op] = ms.get(op, 0.0) + e["dur"] / 1e3 / iters
+    ms = dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+    ms["total"] = sum(ms.values())
+    return ms
+
+
+def measure_ort_profile(name: str, batch: int, iters: int, *, variant: str = "b", threads: int | None = None,
+                        forms: Sequence[str] | None = None, reps: int = 5) -> OrtProfile:
+    """The ONNX Runtime op-type profile of the dense model, struct_<name>_<variant> decomposed,
+    and with its ONNX Runtime plan (among `forms`, default PLAN_FORMS["onnxruntime"])."""
+    with seeded(0):
+        x = _input(name, batch)
+        s = _structured(name, variant)
+        plan = plan_recompose(s, x, backend="onnxruntime", threads=threads, reps=reps,
+                              forms=forms or PLAN_FORMS["onnxruntime"])
+        counts = PlanCounts.of(plan, sum(1 for _ in structured_layers(s)))
+        models = {"dense": build(name).eval(), f"decomposed {variant}": decompose(s),
+                  f"{variant}+plan ({_plan_text(counts)})": decompose_planned(s, plan)}
+        columns = {label: ort_op_times(m, x, iters, threads) for label, m in models.items()}
+    return OrtProfile(name, batch, variant, counts, columns)
+
+
+def _plan_text(counts: PlanCounts) -> str:
+    from .report import plan_label
+
+    return plan_label(counts)

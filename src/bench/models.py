@@ -18,14 +18,16 @@ ratio (the ideal).
 The headline rows run in the process as a user has it: glibc's default allocator (``--malloc
 default``), torch's default thread count unless ``--threads``. Each setup of
 ``--extra-allocators`` (src/bench/timing.py: ALLOCATORS; default ``tuned``, the in-process
-mallopt tuning, ``glibc_tunables``, the same by environment, and ``jemalloc`` / ``tcmalloc``
-preloaded where installed) adds a labelled row set, measured in a child process (an allocator is
-process-wide) on ``--extra-backends`` (default eager_cl and compile, the backends whose memory
-goes through malloc; ONNX Runtime has its own arena), each with how a user gets it.
+mallopt tuning, and ``jemalloc`` / ``tcmalloc`` preloaded where installed; ``glibc_tunables``,
+the mallopt thresholds set by environment, on request) adds a labelled row set, measured in a
+child process (an allocator is process-wide) on ``--extra-backends`` (default eager_cl, where
+every op allocates through malloc; add compile, or onnxruntime, which has its own arena, at the
+cost of their plans again), each with how a user gets it.
 
 Backends (each with its own deploy plan, "+plan" rows: ``plan_recompose(..., backend=...)``
 measures per layer the fastest exact form, src/deploy/forms.py, on the backend that will run it,
-at this batch; ``--plan-forms`` replaces the candidates, ``--no-plan`` skips the rows):
+at this batch, then checked on the whole model for eager and ONNX Runtime, ``--plan-refine``;
+``--plan-forms`` replaces the candidates, ``--no-plan`` skips the rows):
 
 - ``eager`` (NCHW) and ``eager_cl`` (channels_last): plain PyTorch under ``torch.no_grad``; plan
   measured in eager PyTorch in the same memory format.
@@ -42,7 +44,9 @@ Further sections: the deploy plans (layers per form); the targets (batch 1: <= 1
 16 on, ResNets <= 0.85, MobileNetV2 <= 0.95) with, per row, plain and planned ratios; the best
 and worst row per backend; one 3x3 conv against its decomposition for C = 16..512
 (:func:`src.bench.core.layer_table`); training steps (the structural loss's overhead, dense vs
-structured images/s); and a profile of the target pairs (where the time goes, per layer kind).
+structured images/s); and profiles of the hardest pairs: where eager PyTorch spends the time per
+layer kind (torch.profiler), and where ONNX Runtime spends it per op type (its own profiler:
+dense, decomposed variant b, and with its ONNX Runtime plan).
 The report (markdown) is printed and written to --out, labelled with the machine, thread count,
 torch version, allocator setting, the code's git commit and the load average (other processes
 share this CPU; the interleaving keeps ratios comparable, absolute times are not). Into the
@@ -92,10 +96,10 @@ PROFILE = [("resnet56", 128), ("resnet50", 16), ("mobilenet_v2", 16)]
 # (name, batch) of the training-speed section, and its structural-loss weight
 TRAINING = [("resnet56", 128), ("resnet50", 16)]
 TRAINING_LAMBDA = 1e-2
-EXTRA_ALLOCATORS = ("tuned", "glibc_tunables", "jemalloc", "tcmalloc")
-EXTRA_BACKENDS = ("eager_cl", "compile")
+EXTRA_ALLOCATORS = ("tuned", "jemalloc", "tcmalloc")
+EXTRA_BACKENDS = ("eager_cl",)
 # --quick: the candidate forms of every backend's plan (the plain kinds and one fixed-pool form)
-QUICK_PLAN_FORMS = ("decomposed", "dense", "spatial[sp=mean]")
+QUICK_PLAN_FORMS = ("decomposed", "dense", "decomposed[sp=mean]")
 
 
 def _log(msg: str) -> None:
@@ -119,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-plan", dest="plan", action="store_false", help="skip the per-backend deploy plan rows")
     ap.add_argument("--plan-forms", nargs="+", metavar="FORM",
                     help="candidate forms of every backend's plan (default: src.deploy.PLAN_FORMS[runtime])")
+    ap.add_argument("--plan-refine", nargs="+", choices=("eager", "compile", "onnxruntime", "none"),
+                    help="runtimes whose plan is also checked on the whole model (plan_recompose's refine; default: "
+                         "eager onnxruntime, --quick: eager; compile's whole-model compiles cost minutes)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--threads", type=int,
                     help="intra-op threads (default: the process's default, torch.get_num_threads())")
@@ -128,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--malloc", choices=("default", "tuned"), default="default",
                     help="allocator setting of this process, the headline rows (default: glibc as a user has it; "
                          "see src/bench/timing.py:configure_allocator)")
-    ap.add_argument("--extra-allocators", nargs="+", choices=(*EXTRA_ALLOCATORS, "none"),
+    ap.add_argument("--extra-allocators", nargs="+", choices=(*EXTRA_ALLOCATORS, "glibc_tunables", "none"),
                     help="extra labelled row sets, each in a child process with that allocator setup (default: "
                          f"{' '.join(EXTRA_ALLOCATORS)}; those not installed are listed as not measured; "
                          "none: no extra rows)")
@@ -153,7 +160,7 @@ def _measure_models(args: argparse.Namespace, backend_names: Sequence[str]) -> t
             _log(f"{name}, batch {batch}")
             r, s = measure.measure_model(name, batch, args.variants or ["a", "b"], backends, reps=args.reps,
                                          min_time=args.min_time, plan=args.plan, plan_forms=args.plan_forms,
-                                         plan_reps=args.plan_reps, progress=_progress)
+                                         plan_reps=args.plan_reps, plan_refine=args.plan_refine, progress=_progress)
             rows += r
             skipped += s
     return rows, skipped
@@ -184,6 +191,7 @@ def _child_args(args: argparse.Namespace, setup_name: str, backends: Sequence[st
         argv.append("--no-plan")
     if args.plan_forms:
         argv += ["--plan-forms", *args.plan_forms]
+    argv += ["--plan-refine", *(args.plan_refine or ["none"])]
     if args.quick:
         argv.append("--quick")
     return [sys.executable, "-m", "src.bench", *argv]
@@ -248,6 +256,12 @@ def _sections(args: argparse.Namespace) -> list[str]:
             pairs = PROFILE
         profiles = [measure.measure_profile(n, b, 2 if args.quick else 5, forms=args.plan_forms) for n, b in pairs]
         sections.append(report.profile_section(profiles, measure.LAYER_KINDS))
+        if "onnxruntime" in default_backends(args.backends):
+            _log("profile (ONNX Runtime)")
+            variant = "a" if args.quick else "b"  # (b: the variants ONNX Runtime ran slowest decomposed)
+            ort = [measure.measure_ort_profile(n, b, 2 if args.quick else 10, variant=variant, threads=args.threads,
+                                               forms=args.plan_forms, reps=2 if args.quick else 5) for n, b in pairs]
+            sections.append(report.ort_profile_section(ort))
     return sections, None
 
 
@@ -269,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         args.plan_forms = args.plan_forms or list(QUICK_PLAN_FORMS)
         args.extra_allocators = args.extra_allocators or ["tuned"]
         args.reps, args.min_time, args.plan_reps = 2, 0.0, 2
+        args.plan_refine = args.plan_refine or ["eager"]
+    args.plan_refine = [r for r in (args.plan_refine or ["eager", "onnxruntime"]) if r != "none"]
     allocator = f"{configure_allocator(args.malloc)}; {huge_pages_label()}"  # process-wide (timing.py)
     threads = torch_threads(args.threads) if args.threads else contextlib.nullcontext()
     with threads:

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # (data classes only: rendering needs neither torch nor the models)
     from .core import LayerRow, LossOverhead
-    from .measure import PlanCounts, Profile, Row, Skipped, TrainingRow
+    from .measure import OrtProfile, PlanCounts, Profile, Row, Skipped, TrainingRow
 
 __all__ = ["ROW_HEADER", "RunInfo", "speed_header", "speed_report", "row_line", "skipped_line", "models_section",
            "plans_section", "target_ratio", "targets_section", "extremes_section", "allocator_section",
-           "layers_section", "training_line", "training_section", "profile_section", "plan_label",
+           "layers_section", "training_line", "training_section", "profile_section", "ort_profile_section",
+           "plan_label",
            "core_layer_table", "loss_overhead_section", "core_report"]
 
 
@@ -232,6 +233,34 @@ def profile_section(profiles: Sequence[Profile], kinds: Sequence[str]) -> str:
         lines.append("")
         lines += [f"- {label}: " + ", ".join(f"{op} {ms:.1f}" for op, ms in b.top_ops)
                   for label, b in columns.items()]
+    return "\n".join(lines)
+
+
+def ort_profile_section(profiles: Sequence[OrtProfile], top: int = 10) -> str:
+    """ONNX Runtime's own profile per op type (ms per forward): the `top` most expensive op types
+    of any column, the rest summed as "other"; "" without profiles."""
+    if not profiles:
+        return ""
+    lines = ["## Profile: where ONNX Runtime spends the time (its profiler, ms per forward, per op type)", "",
+             "The graph as ONNX Runtime runs it after its optimisations (fused nodes by their fused type; "
+             "ReorderInput / ReorderOutput are its conversions to and from the blocked NCHWc layout around "
+             "the nodes that use it). The plan is measured on ONNX Runtime at this batch."]
+    for p in profiles:
+        ops = []
+        for col in p.columns.values():
+            for op in col:
+                if op != "total" and op not in ops:
+                    ops.append(op)
+        ops.sort(key=lambda op: -max(col.get(op, 0.0) for col in p.columns.values()))
+        shown, rest = ops[:top], ops[top:]
+        lines += ["", f"### {p.model} / struct_{p.model}_{p.variant}, batch {p.batch}", "",
+                  "| op type | " + " | ".join(p.columns) + " |", "|---|" + "---:|" * len(p.columns)]
+        for op in shown:
+            lines.append(f"| {op} | " + " | ".join(f"{col.get(op, 0.0):.2f}" for col in p.columns.values()) + " |")
+        if rest:
+            lines.append("| other | " + " | ".join(f"{sum(col.get(op, 0.0) for op in rest):.2f}"
+                                                   for col in p.columns.values()) + " |")
+        lines.append("| total | " + " | ".join(f"{col.get('total', 0.0):.2f}" for col in p.columns.values()) + " |")
     return "\n".join(lines)
 
 

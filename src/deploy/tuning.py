@@ -18,6 +18,7 @@ choices among those forms that were made by measuring, on this project's CPU:
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ import torch
 from torch import nn
 
 from src.structured._util import is_channels_last
-from src.structured.ops import DEPLOY_FORMS
+from src.structured.layers import StructuredLayer
+from src.structured.ops import DEPLOY_FORMS, decompose
 from src.structured.sumpool import SumPoolPolicy, get_sum_pool_policy, set_sum_pool_policy
 
 from .forms import LayerForm, layer_forms, plannable_layers, rewrite_layer
@@ -200,10 +202,40 @@ def _time_onnxruntime(groups, reps, threads):
     return times
 
 
+def _uniform_plans(module: nn.Module, forms: Sequence[LayerForm], layers: dict[str, nn.Module]) -> list[dict[str, str]]:
+    """Per non-default form, the plan putting every layer it applies to in it (distinct, non-empty)."""
+    out: list[dict[str, str]] = []
+    for f in forms:
+        if f.is_default:
+            continue
+        plan = {name: str(f) for name, layer in layers.items() if layer_forms(layer, [f])}
+        if plan and plan not in out:
+            out.append(plan)
+    return out
+
+
+def _time_whole_models(module, x, plans, backend, reps, threads):
+    """Seconds per forward of `module` deployed with each plan, on `backend`, interleaved."""
+    from .forms import decompose_planned
+    from .runtimes import compile_session, compiled_runner, eager_runner, onnxruntime_runner
+
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    models = [decompose_planned(module, p).eval().to(memory_format=fmt) for p in plans]
+    if backend == "compile":
+        with compile_session():
+            runs = [compiled_runner(m, x) for m in models]
+            return time_interleaved(runs, reps=reps, warmup=2)
+    if backend == "onnxruntime":
+        runs = [onnxruntime_runner(m, x, threads) for m in models]
+    else:
+        runs = [eager_runner(m, x) for m in models]
+    return time_interleaved(runs, reps=reps, warmup=2)
+
+
 @torch.no_grad()
 def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int = 15,
                    margin: float = 0.05, forms: Sequence[str] | None = None, backend: str = "eager",
-                   threads: int | None = None) -> dict[str, str]:
+                   threads: int | None = None, refine: bool = False) -> dict[str, str]:
     """The deploy plan for `backend` ("eager", "compile" or "onnxruntime"): layer name -> form
     for the layers of `module` that run faster in another exact form than decomposed, measured
     on this machine, on that backend. Apply it with :func:`src.deploy.forms.decompose_planned`
@@ -220,6 +252,12 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
     once). A group leaves the decomposed form only when another is faster by more than `margin`
     (a fraction), so measurement noise leaves layers decomposed. The plan is specific to the
     backend, input shape, thread count and hardware it was measured on.
+
+    ``refine=True`` then checks the plan on the whole model, where layers meet their neighbours
+    (fusions, layout changes between nodes): the model deployed with the per-layer plan, with no
+    plan (all decomposed) and with every layer in each single candidate form (where it applies)
+    is timed on the backend, and the fastest of these plans is returned; another replaces the
+    per-layer plan only when faster by more than `margin`.
     """
     if backend not in PLAN_BACKENDS:
         raise ValueError(f"plan_recompose: unknown backend {backend!r}; choose from {PLAN_BACKENDS}")
@@ -236,6 +274,8 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
     work = []
     for names in groups.values():
         rep = layers[names[0]]
+        if isinstance(rep, StructuredLayer):  # decomposed once, each form built from it
+            rep = decompose(rep, tol=math.inf)
         candidates = layer_forms(rep, parsed)
         if len(candidates) < 2:
             continue
@@ -257,4 +297,11 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
         if not best.is_default and by_form[best] * (1 + margin) < t[0]:
             plan.update(dict.fromkeys(names, str(best)))
     order = {name: i for i, name in enumerate(layers)}
-    return dict(sorted(plan.items(), key=lambda kv: order[kv[0]]))
+    plan = dict(sorted(plan.items(), key=lambda kv: order[kv[0]]))
+    if refine:
+        alternatives = [p for p in [{}, *_uniform_plans(module, parsed, layers)] if p != plan]
+        t = _time_whole_models(module, example_input, [plan, *alternatives], backend, reps, threads)
+        best = min(range(len(alternatives)), key=lambda i: t[i + 1], default=None)
+        if best is not None and t[best + 1] * (1 + margin) < t[0]:
+            plan = alternatives[best]
+    return plan
