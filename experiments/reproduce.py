@@ -35,6 +35,9 @@ MEDIUM_EPOCHS = 15
 # lambda of the medium profile's regularized runs, chosen by PROFILE=medium_sweep on the validation
 # split (results/medium/sweep/cifar10.md); None until that sweep has chosen, which stops those runs.
 MEDIUM_LAMBDA: float | None = None
+# whether those runs re-estimate BatchNorm after projection (structure.bn_recalib), chosen by the same
+# sweep (its "BatchNorm recalibration after projection" table)
+MEDIUM_BN_RECALIB: bool = True
 SWEEP_LAMBDAS = (0.5, 2.0, 8.0)
 # Compression baselines (PROFILE=medium_compare, `make compare-cifar`): every method fine-tunes
 # the medium profile's trained dense resnet20 of the same seed, same recipe for all.
@@ -119,7 +122,8 @@ def runs_of(profile: str, runs: Path = Path("runs")) -> list[tuple[str, str, int
             elif item.startswith("init_from="):
                 init = item.removeprefix("init_from=")
             elif item == "lambda":
-                overrides.append(f"structure.lam={MEDIUM_LAMBDA}" if MEDIUM_LAMBDA is not None else "structure.lam=?")
+                overrides += [f"structure.lam={MEDIUM_LAMBDA}" if MEDIUM_LAMBDA is not None else "structure.lam=?",
+                              f"structure.bn_recalib={str(MEDIUM_BN_RECALIB).lower()}"]
             else:
                 overrides.append(item)
         for seed in seeds:

@@ -352,8 +352,15 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
         reproduce.main(["--profile", "medium", "--data", str(tmp_path), "--only", "resnet21"])
     assert e.value.code == 2 and "--only resnet21: not a run of profile medium" in capsys.readouterr().err
     monkeypatch.setattr(reproduce, "MEDIUM_LAMBDA", 0.5)
+    monkeypatch.setattr(reproduce, "MEDIUM_BN_RECALIB", False)
     cmds = reproduce.commands("medium", "/d", Path("runs"), [], only=["struct_resnet20_b"])
-    assert len(cmds) == 3 and all("structure.lam=0.5" in c and "data.holdout=[45000,50000]" in c for c in cmds)
+    assert len(cmds) == 3 and all("structure.lam=0.5" in c and "data.holdout=[45000,50000]" in c
+                                  and "structure.bn_recalib=false" in c for c in cmds)
+    assert not any("structure.bn_recalib" in a for c in reproduce.commands("medium", "/d", Path("runs"), [],
+                                                                            only=["resnet20"]) for a in c)
+    compare = reproduce.commands("medium_compare", "/d", Path("runs"), [])
+    assert all(("structure.bn_recalib=false" in c) == ("+exp=cifar10/compress/structured_a" in c
+                                                         or "+exp=cifar10/compress/structured_b" in c) for c in compare)
     sweep = reproduce.commands("medium_sweep", "/d", Path("runs"), [])
     assert all("data.holdout=[40000,45000]" in c and "data.train_subset=40000" in c and "eval.official_test=false" in c
                for c in sweep)  # lambda is chosen without the test set

@@ -4,6 +4,7 @@ CIFAR-10 fixture; grouping of runs into rows."""
 from __future__ import annotations
 
 import json
+import statistics
 import shutil
 
 import nbformat
@@ -161,9 +162,11 @@ def test_held_out_runs_get_official_robustness_per_run_and_lambda_sections(runs_
         shutil.copytree(runs_dir / "resnet20" / "seed0", dst)
         (dst / "summary.json").write_text(json.dumps({**dense, **extra, "seed": seed, "test_acc_decomposed": acc}))
     for seed, acc in ((0, 59.0), (1, 62.5)):  # structured, lambda 2: gaps -1.0 and +0.5
-        _variant(runs_dir, tmp_path, f"a{seed}", seed=seed, test_acc_decomposed=acc, **extra)
-    for lam, acc in ((0.5, 61.0), (8.0, 58.0)):
+        _variant(runs_dir, tmp_path, f"a{seed}", seed=seed, test_acc_decomposed=acc, test_acc_projected=acc,
+                 test_acc_projected_raw=acc, bn_recalib=True, **extra)  # recalibration: no change
+    for lam, acc, raw in ((0.5, 61.0, 61.5), (8.0, 58.0, 57.0)):  # recalibration: -0.5 and +1.0
         _variant(runs_dir, tmp_path, f"lam{lam}", config_hash=f"lam{lam}", test_acc_decomposed=acc,
+                 test_acc_projected=acc, test_acc_projected_raw=raw, bn_recalib=True, tag=f"_lam{lam:g}",
                  **{"lambda": lam, **extra})
     md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
     assert "`train[800:1000]` (training images held out" in md
@@ -172,6 +175,12 @@ def test_held_out_runs_get_official_robustness_per_run_and_lambda_sections(runs_
     assert "## Robustness" in md and "| blur | d(blur) |" in md
     assert "## Per run" in md and md.count("| struct_resnet20_a") >= 4
     assert "## Lambda" in md and "Chosen: lambda = 0.5" in md
+    assert "### BatchNorm recalibration after projection" in md
+    assert "| struct_resnet20_a_lam0.5 | 0 | 0.5 | 61.50 | 61.00 | -0.50 |" in md
+    assert "| struct_resnet20_a_lam8 | 0 | 8 | 57.00 | 58.00 | +1.00 |" in md
+    changes = (-0.5, 1.0, 0.0, 0.0)
+    assert (f"Mean change from recalibration: +{statistics.mean(changes):.2f} +- {statistics.stdev(changes):.2f} "
+            "over 4 runs (1 better, 1 worse, 2 equal).") in md
 
 
 def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
