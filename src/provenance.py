@@ -43,6 +43,13 @@ def git_sha() -> str:
     return sha + ("-dirty" if is_dirty() else "")
 
 
+def in_results_dir(out: str | Path) -> bool:
+    """Whether `out` is this repository's ``results/`` or lies inside it."""
+    results = (REPO_ROOT / "results").resolve()
+    target = Path(out).resolve()
+    return target == results or results in target.parents
+
+
 def check_results_dir(out: str | Path, allow_dirty: bool = False) -> None:
     """Raise DirtyTreeError if `out` lies inside this repository's ``results/`` and the tree is
     dirty (unless `allow_dirty`)."""

@@ -21,8 +21,14 @@ default``), torch's default thread count unless ``--threads``. Each setup of
 mallopt tuning, and ``jemalloc`` / ``tcmalloc`` preloaded where installed; ``glibc_tunables``,
 the mallopt thresholds set by environment, on request) adds a labelled row set, measured in a
 child process (an allocator is process-wide) on ``--extra-backends`` (default eager_cl, where
-every op allocates through malloc; add compile, or onnxruntime, which has its own arena, at the
-cost of their plans again), each with how a user gets it.
+every op allocates through malloc; add compile, or onnxruntime, which has its own arena), each
+with how a user gets it. These row sets compare dense with decomposed without a deploy plan (the
+plans are measured under the headline allocator).
+
+Resumable (src/bench/cache.py): each unit (a model at one batch, an allocator row set, a section)
+is stored in ``--cache-dir``/<commit>/ when measured (default runs/bench when the report goes
+into results/), and a rerun of the same command at the same clean commit loads it, so a run cut
+off by the end of a session continues where it stopped.
 
 Backends (each with its own deploy plan, "+plan" rows: ``plan_recompose(..., backend=...)``
 measures per layer the fastest exact form, src/deploy/forms.py, on the backend that will run it,
@@ -81,6 +87,7 @@ from typing import Sequence
 from src import provenance
 
 from . import core, measure, report
+from .cache import DEFAULT_DIR, UnitCache, environment_key
 from .backends import CPU_BACKENDS, CUDA_BACKENDS, default_backends, make_backend
 from .measure import QUICK_MODEL, ROUNDS, Row, Skipped
 from .timing import ALLOCATORS, configure_allocator, huge_pages_label, machine_label, torch_threads
@@ -147,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="results/speed.md", help="report file (default: results/speed.md)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="write into results/ even with uncommitted changes (the header then names a -dirty sha)")
+    ap.add_argument("--cache-dir", metavar="DIR",
+                    help="resumable runs: each measured unit (a model at one batch, an allocator row set, a section) is "
+                         "stored in DIR/<commit>/ at once and loaded by a rerun of the same clean commit and settings "
+                         f"(default: {DEFAULT_DIR} when --out is in the repository's results/, else none; "
+                         "see src/bench/cache.py)")
+    ap.add_argument("--no-cache", action="store_true", help="measure everything afresh and store nothing")
     ap.add_argument("--rows-json", help=argparse.SUPPRESS)  # (a child process: write the model rows here)
     return ap
 
@@ -158,9 +171,20 @@ def _measure_models(args: argparse.Namespace, backend_names: Sequence[str]) -> t
     for name in args.models or list(SUITE):
         for batch in args.batches or SUITE.get(name, (2,)):
             _log(f"{name}, batch {batch}")
-            r, s = measure.measure_model(name, batch, args.variants or ["a", "b"], backends, reps=args.reps,
-                                         min_time=args.min_time, plan=args.plan, plan_forms=args.plan_forms,
-                                         plan_reps=args.plan_reps, plan_refine=args.plan_refine, progress=_progress)
+            key = {**args.unit_key, "name": name, "batch": batch, "backends": list(backend_names)}
+
+            def measure_unit(name=name, batch=batch) -> str:
+                return measure.rows_to_json(*measure.measure_model(
+                    name, batch, args.variants or ["a", "b"], backends, reps=args.reps, min_time=args.min_time,
+                    plan=args.plan, plan_forms=args.plan_forms, plan_reps=args.plan_reps,
+                    plan_refine=args.plan_refine, progress=_progress))
+
+            loaded = args.cache.loaded
+            r, s = measure.rows_from_json(args.cache.get("models", key, measure_unit))
+            if args.cache.loaded > loaded:
+                _log("  (stored by an earlier run of this commit: loaded)")
+                for item in [*r, *s]:
+                    _progress(item)
             rows += r
             skipped += s
     return rows, skipped
@@ -179,6 +203,7 @@ def _child_args(args: argparse.Namespace, setup_name: str, backends: Sequence[st
     argv = ["--sections", "models", "--malloc", setup.malloc, "--extra-allocators", "none", "--backends", *backends,
             "--reps", str(args.reps), "--min-time", str(args.min_time), "--out", out, "--allow-dirty",
             "--rows-json", json_path]
+    argv += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else ["--no-cache"]
     if args.models:
         argv += ["--models", *args.models]
     if args.variants:
@@ -187,11 +212,7 @@ def _child_args(args: argparse.Namespace, setup_name: str, backends: Sequence[st
         argv += ["--batches", *map(str, args.batches)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
-    if not args.plan:
-        argv.append("--no-plan")
-    if args.plan_forms:
-        argv += ["--plan-forms", *args.plan_forms]
-    argv += ["--plan-refine", *(args.plan_refine or ["none"])]
+    argv.append("--no-plan")  # dense vs decomposed: the plans are measured under the headline allocator
     if args.quick:
         argv.append("--quick")
     return [sys.executable, "-m", "src.bench", *argv]
@@ -211,16 +232,26 @@ def _extra_allocator_sections(args: argparse.Namespace) -> list[str]:
                                                      missing=f"none of {', '.join(setup.preload)} found on this machine"))
             continue
         _log(f"extra row set: {setup.label} ({' '.join(backends)}), in a child process")
-        with tempfile.TemporaryDirectory(prefix="bench_alloc_") as tmp:
-            json_path, out = os.path.join(tmp, "rows.json"), os.path.join(tmp, "speed.md")
-            proc = subprocess.run(_child_args(args, name, backends, json_path, out), env={**os.environ, **env},
-                                  cwd=provenance.REPO_ROOT, stdout=subprocess.DEVNULL)
-            if proc.returncode != 0 or not os.path.exists(json_path):
-                sections.append(report.allocator_section(setup.label, setup.how, [], [],
-                                                         missing=f"the child process failed (exit {proc.returncode})"))
-                continue
-            rows, skipped = measure.rows_from_json(Path(json_path).read_text())
-            allocator = json.loads(Path(json_path).read_text()).get("allocator", "")
+        failed = []
+
+        def measure_set(name=name, env=env) -> str | None:
+            with tempfile.TemporaryDirectory(prefix="bench_alloc_") as tmp:
+                json_path, out = os.path.join(tmp, "rows.json"), os.path.join(tmp, "speed.md")
+                proc = subprocess.run(_child_args(args, name, backends, json_path, out), env={**os.environ, **env},
+                                      cwd=provenance.REPO_ROOT, stdout=subprocess.DEVNULL)
+                if proc.returncode != 0 or not os.path.exists(json_path):
+                    failed.append(proc.returncode)
+                    return None
+                return Path(json_path).read_text()
+
+        text = args.cache.get("allocator", {**args.unit_key, "setup": name, "environment": env, "backends": backends,
+                                            "models": args.models, "batches": args.batches}, measure_set)
+        if text is None:
+            sections.append(report.allocator_section(setup.label, setup.how, [], [],
+                                                     missing=f"the child process failed (exit {failed[0]})"))
+            continue
+        rows, skipped = measure.rows_from_json(text)
+        allocator = json.loads(text).get("allocator", "")
         sections.append(report.allocator_section(f"{setup.label} ({allocator})" if allocator else setup.label,
                                                  setup.how, rows, skipped))
     return sections
@@ -237,15 +268,19 @@ def _sections(args: argparse.Namespace) -> list[str]:
                      report.extremes_section(rows), *_extra_allocator_sections(args)]
     if "layers" in args.sections:
         _log("layers")
-        sections.append(report.layers_section(core.measure_layers(args.reps, core.LAYERS[:1] if args.quick
-                                                                  else core.LAYERS)))
+        sections.append(args.cache.get("layers", args.unit_key, lambda: report.layers_section(
+            core.measure_layers(args.reps, core.LAYERS[:1] if args.quick else core.LAYERS))))
     if "training" in args.sections:
         _log("training")
-        training = []
-        for name, batch in [(QUICK_MODEL, 8)] if args.quick else TRAINING:
-            training.append(measure.measure_training(name, batch, max(2, args.reps // 2), TRAINING_LAMBDA))
-            _log("  " + report.training_line(training[-1]))
-        sections.append(report.training_section(training, TRAINING_LAMBDA))
+
+        def training_section() -> str:
+            training = []
+            for name, batch in [(QUICK_MODEL, 8)] if args.quick else TRAINING:
+                training.append(measure.measure_training(name, batch, max(2, args.reps // 2), TRAINING_LAMBDA))
+                _log("  " + report.training_line(training[-1]))
+            return report.training_section(training, TRAINING_LAMBDA)
+
+        sections.append(args.cache.get("training", args.unit_key, training_section))
     if "profile" in args.sections:
         _log("profile")
         if args.quick:
@@ -254,14 +289,16 @@ def _sections(args: argparse.Namespace) -> list[str]:
             pairs = [(n, b) for n in (args.models or list(SUITE)) for b in (args.batches or SUITE[n])]
         else:
             pairs = PROFILE
-        profiles = [measure.measure_profile(n, b, 2 if args.quick else 5, forms=args.plan_forms) for n, b in pairs]
-        sections.append(report.profile_section(profiles, measure.LAYER_KINDS))
+        key = {**args.unit_key, "pairs": pairs}
+        sections.append(args.cache.get("profile", key, lambda: report.profile_section(
+            [measure.measure_profile(n, b, 2 if args.quick else 5, forms=args.plan_forms) for n, b in pairs],
+            measure.LAYER_KINDS)))
         if "onnxruntime" in default_backends(args.backends):
             _log("profile (ONNX Runtime)")
             variant = "a" if args.quick else "b"  # (b: the variants ONNX Runtime ran slowest decomposed)
-            ort = [measure.measure_ort_profile(n, b, 2 if args.quick else 10, variant=variant, threads=args.threads,
-                                               forms=args.plan_forms, reps=2 if args.quick else 5) for n, b in pairs]
-            sections.append(report.ort_profile_section(ort))
+            sections.append(args.cache.get("ort_profile", key, lambda: report.ort_profile_section(
+                [measure.measure_ort_profile(n, b, 2 if args.quick else 10, variant=variant, threads=args.threads,
+                                             forms=args.plan_forms, reps=2 if args.quick else 5) for n, b in pairs])))
     return sections, None
 
 
@@ -288,12 +325,23 @@ def main(argv: Sequence[str] | None = None) -> str:
     allocator = f"{configure_allocator(args.malloc)}; {huge_pages_label()}"  # process-wide (timing.py)
     threads = torch_threads(args.threads) if args.threads else contextlib.nullcontext()
     with threads:
+        # every setting that changes a unit's figures (src/bench/cache.py); units add their own
+        args.unit_key = {"threads": _threads(), "malloc": args.malloc, "allocator": allocator, "reps": args.reps,
+                         "min_time": args.min_time, "plan": args.plan, "plan_forms": args.plan_forms,
+                         "plan_reps": args.plan_reps, "plan_refine": args.plan_refine, "variants": args.variants,
+                         "quick": args.quick, "backends_asked": args.backends, "machine": machine_label(),
+                         **environment_key()}
+        if args.no_cache:
+            args.cache_dir = None
+        elif args.cache_dir is None and provenance.in_results_dir(args.out):
+            args.cache_dir = DEFAULT_DIR
+        args.cache = UnitCache.for_commit(args.cache_dir)
         load_before = os.getloadavg()
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         sections, child_rows = _sections(args)
         info = report.RunInfo(command=" ".join(["python -m src.bench", *argv]), when=now, sha=sha,
                               machine=machine_label(), allocator=allocator, load_before=load_before,
-                              load_after=os.getloadavg())
+                              load_after=os.getloadavg(), resumed=args.cache.summary())
     if child_rows is not None:
         Path(args.rows_json).write_text(measure.rows_to_json(*child_rows, allocator=allocator))
     text = report.speed_report(info, ROUNDS, sections)

@@ -39,6 +39,7 @@ class RunInfo:
     allocator: str  # allocator and huge-pages labels
     load_before: tuple[float, ...] = ()
     load_after: tuple[float, ...] = ()
+    resumed: str = ""  # src/bench/cache.py: UnitCache.summary(), when stored units were loaded
 
 
 def speed_header(info: RunInfo, rounds: int) -> str:
@@ -50,6 +51,7 @@ def speed_header(info: RunInfo, rounds: int) -> str:
         "at the end (other processes share this CPU: absolute times vary, the interleaved ratios much less). "
         "Random weights, eval mode; medians of interleaved repetitions after warm-up (model rows: "
         f"each candidate's fastest of {rounds} rounds)."
+        + (f"\n\n{info.resumed}" if info.resumed else "")
     )
 
 
@@ -189,7 +191,8 @@ def allocator_section(label: str, how: str, rows: Sequence[Row], skipped: Sequen
     """An extra row set measured in its own process with another allocator: `label`, how a
     user gets it (`how`), its rows, or why it was not measured (`missing`)."""
     title = f"## Models with another allocator: {label}"
-    note = f"How a user gets it: {how}. Measured in a separate process (the allocator is process-wide)."
+    note = (f"How a user gets it: {how}. Measured in a separate process (the allocator is process-wide); "
+            "dense vs decomposed, no deploy plan (plans are measured under the headline allocator).")
     if missing:
         return "\n".join([title, "", note, "", f"Not measured: {missing}."])
     return models_section(rows, skipped, title=title, note=note)
