@@ -36,7 +36,7 @@ help:                   ## list the targets
 	@echo "make reproduce-cityscapes DATA=dir the Cityscapes runs (GPU-sized)"
 	@echo "make tables [PROFILE=...]         tables and plots from results/<profile>/runs into results/<profile>"
 	@echo "make complexity                   results/complexity.md (params / mults / adds of every model)"
-	@echo "make bench                        model-level speed benchmark -> results/speed.md (needs a quiet machine, ~70 min here)"
+	@echo "make bench                        model-level speed benchmark -> results/speed.md (quiet machine, ~3 h here; rerun resumes)"
 	@echo "make bench-core                   core benchmark -> results/bench_core.md"
 	@echo "make clean                        remove .venv and caches"
 

@@ -6,7 +6,9 @@ conf/exp/cifar10/compress/<method>_<target>.yaml; ``structured`` projected and d
 latency of one forward pass at batch 64 and batch 1: eager PyTorch, channels_last,
 ``torch.no_grad``, 2 threads, glibc's default allocator (the process as a user has it), all
 models timed interleaved in one process (3 rounds; each model's time is its best round's median,
-its ratio to dense the median of the per-round ratios). Latency depends on the architecture, not on
+its ratio to dense the median of the per-round ratios). Each structured model is also timed
+deployed with its eager deploy plan (``<name>+plan``: src/deploy, per layer the fastest exact
+form, measured at that batch on this machine; ``--no-plan`` skips them). Latency depends on the architecture, not on
 the weights, so the models are built with seeded random weights (pruning keeps the same number of
 filters whatever the weights). Writes ``results/medium/latency.json``, which ``src.tables`` reads
 into ``compare.md``. Needs a quiet machine: time nothing while a training run or tests use the
@@ -26,10 +28,11 @@ import torch
 import yaml
 
 from src.compress import METHODS, compress
+from src.deploy import decompose_planned, plan_recompose, plan_summary
 from src.deploy.tuning import time_interleaved
 from src.models import create_model
 from src.provenance import DirtyTreeError, check_results_dir, git_sha
-from src.structured import decompose, project
+from src.structured import decompose, project, structured_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("a", "b")
@@ -41,36 +44,61 @@ def target_ratio(method: str, target: str) -> float:
     return float(cfg["model"]["compress"]["mults_ratio"])
 
 
-def deployed_models(methods=METHODS, targets=TARGETS) -> dict[str, torch.nn.Module]:
-    """name -> the deployed (eval, channels_last) architecture; 'resnet20' first."""
+def deployed_models(methods=METHODS, targets=TARGETS, sources: dict | None = None) -> dict[str, torch.nn.Module]:
+    """name -> the deployed (eval, channels_last) architecture; 'resnet20' first. The projected
+    train-form model of each structured entry goes into `sources` when given (for its deploy plan)."""
     torch.manual_seed(0)
     dense = create_model("resnet20").eval()
     models = {"resnet20": dense}
+    structured = {}
     for t in targets:
-        models[f"struct_resnet20_{t}"] = decompose(project(create_model(f"struct_resnet20_{t}").eval()))
+        structured[f"struct_resnet20_{t}"] = project(create_model(f"struct_resnet20_{t}").eval())
+        models[f"struct_resnet20_{t}"] = decompose(structured[f"struct_resnet20_{t}"])
         for m in methods:
             small = compress(dense, m, target_ratio(m, t), (3, 32, 32)).eval()
-            models[f"{m}_{t}"] = decompose(project(small)) if m == "structured" else small
+            if m == "structured":
+                structured[f"{m}_{t}"] = project(small)
+                small = decompose(structured[f"{m}_{t}"])
+            models[f"{m}_{t}"] = small
+    if sources is not None:
+        sources.update({k: v.to(memory_format=torch.channels_last).eval() for k, v in structured.items()})
     return {k: v.to(memory_format=torch.channels_last).eval() for k, v in models.items()}
 
 
+def planned(sources: dict[str, torch.nn.Module], x: torch.Tensor, reps: int) -> dict[str, tuple[torch.nn.Module, str]]:
+    """'<name>+plan' -> (the structured model deployed with its eager deploy plan measured at
+    this input, src/deploy: per layer the fastest exact form; its plan in words)."""
+    out = {}
+    for name, model in sources.items():
+        plan = plan_recompose(model, x, backend="eager", reps=reps)
+        text = ", ".join(f"{n} {form}" for form, n in plan_summary(plan, sum(1 for _ in structured_layers(model))))
+        out[f"{name}+plan"] = (decompose_planned(model, plan).eval().to(memory_format=torch.channels_last), text)
+    return out
+
+
 def measure(models: dict[str, torch.nn.Module], batches=(64, 1), reps: int = 20, min_time: float = 0.5,
-            threads: int = 2) -> dict[str, dict]:
+            threads: int = 2, sources: dict[str, torch.nn.Module] | None = None) -> dict[str, dict]:
+    """Per model and batch: ms per forward and ratio to the first model (dense), interleaved;
+    with `sources`, also each structured model deployed with its eager plan measured at that batch."""
     torch.set_num_threads(threads)
     out: dict[str, dict] = {name: {} for name in models}
-    names = list(models)
     for batch in batches:
         x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        fns = []
-        for name in names:
-            fns.append(lambda m=models[name]: m(x))
+        with torch.no_grad():
+            plans = planned(sources, x, max(3, reps // 4)) if sources else {}
+        batch_models = {**models, **{k: m for k, (m, _) in plans.items()}}
+        names = list(batch_models)
+        fns = [lambda m=batch_models[name]: m(x) for name in names]
         with torch.no_grad():
             rounds = [time_interleaved(fns, reps=reps, min_time=min_time) for _ in range(ROUNDS)]
         for i, name in enumerate(names):
             best = min(r[i] for r in rounds)
             ratio = statistics.median(r[i] / r[0] for r in rounds)
-            out[name][f"batch{batch}"] = {"ms": round(1e3 * best, 3), "ratio": round(ratio, 3)}
-            print(f"{name:>20} batch {batch:>3}: {1e3 * best:8.2f} ms  {ratio:.2f}x dense", flush=True)
+            out.setdefault(name, {})[f"batch{batch}"] = {"ms": round(1e3 * best, 3), "ratio": round(ratio, 3)}
+            if name in plans:
+                out[name][f"batch{batch}"]["plan"] = plans[name][1]
+            print(f"{name:>25} batch {batch:>3}: {1e3 * best:8.2f} ms  {ratio:.2f}x dense"
+                  + (f"  ({plans[name][1]})" if name in plans else ""), flush=True)
     return out
 
 
@@ -80,6 +108,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per model and round, at least")
+    ap.add_argument("--no-plan", action="store_true",
+                    help="skip the structured models deployed with their eager deploy plan ('<name>+plan')")
     ap.add_argument("--quick", action="store_true", help="seconds: batches 2 and 1, few repetitions (tests)")
     ap.add_argument("--allow-dirty", action="store_true", help="write into results/ from a tree with uncommitted changes")
     args = ap.parse_args(argv)
@@ -88,7 +118,9 @@ def main(argv=None) -> None:
     except DirtyTreeError as e:
         sys.exit(f"error: {e}")
     batches, reps, min_time = ((2, 1), 2, 0.0) if args.quick else ((64, 1), args.reps, args.min_time)
-    results = measure(deployed_models(), batches, reps, min_time, args.threads)
+    sources: dict = {}
+    models = deployed_models(sources=sources)
+    results = measure(models, batches, reps, min_time, args.threads, sources=None if args.no_plan else sources)
     doc = {"setup": f"eager channels_last, {args.threads} threads, default allocator, interleaved, "
                     f"best of {ROUNDS} rounds' medians; batches {', '.join(map(str, batches))}",
            "git_sha": git_sha(), "torch": torch.__version__,

@@ -464,10 +464,16 @@ def _compare_key(s: dict) -> str:
 
 
 def _latency(lat: dict, name: str, batch: int) -> str:
-    row = (lat.get("models") or {}).get(name, {}).get(f"batch{batch}")
+    """'ms (ratio to dense)', and for a structured model the same deployed with its eager plan."""
+    models = lat.get("models") or {}
+    row = models.get(name, {}).get(f"batch{batch}")
     if not row:
         return "-"
-    return f"{row['ms']:.2f} ({row['ratio']:.2f}x)"
+    text = f"{row['ms']:.2f} ({row['ratio']:.2f}x)"
+    planned = models.get(f"{name}+plan", {}).get(f"batch{batch}")
+    if planned:
+        text += f"; plan: {planned['ms']:.2f} ({planned['ratio']:.2f}x)"
+    return text
 
 
 def compare_table(runs: list[dict], reference: list[dict], lat: dict) -> str:
@@ -494,7 +500,8 @@ def compare_table(runs: list[dict], reference: list[dict], lat: dict) -> str:
         "solved for the target, fine-tuned with the structural loss, projected and decomposed. "
         f"Accuracy: primary set ({_eval_sets(runs + reference)}), final epoch, mean +- std over seeds; vs dense: "
         "minus the dense baseline, paired by seed. Mults / params: the deployed model per image and its ratio "
-        "to dense. Latency: the deployed architecture "
+        "to dense. Latency: the deployed architecture (structured ones also with their eager deploy plan, "
+        "\"plan:\", per layer the fastest exact form measured at that batch, src/deploy) "
         + (f"({lat.get('setup', '?')}), ms per batch and ratio to dense" if lat else
            "(not measured yet: `python -m experiments.compare_latency` on a quiet machine)") + ".",
         "",
@@ -550,13 +557,16 @@ def plot_compare(runs: list[dict], reference: list[dict], lat: dict, out_dir: Pa
     for (method, name), g in sorted(groups.items()):
         accs = [s["test_acc_decomposed"] for s in g]
         row = (lat.get("models") or {}).get(name, {}).get("batch64")
-        points[method].append((g[0]["mults_decomposed"] / 1e6, row["ms"] if row else None, statistics.mean(accs),
-                                statistics.stdev(accs) if len(accs) > 1 else 0.0))
+        acc = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0)
+        points[method].append((g[0]["mults_decomposed"] / 1e6, row["ms"] if row else None, *acc))
+        planned = (lat.get("models") or {}).get(f"{name}+plan", {}).get("batch64")
+        if planned:  # the same model deployed with its eager plan: on the latency plot only
+            points[f"{method}, eager deploy plan"].append((None, planned["ms"], *acc))
     written = []
     for xname, idx, xlabel in (("macs", 0, "mults per image (M)"), ("latency", 1, "latency, batch 64 (ms)")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for method, pts in sorted(points.items()):
-            pts = sorted(p for p in pts if p[idx] is not None)
+            pts = sorted((p for p in pts if p[idx] is not None), key=lambda p: p[idx])
             if pts:
                 ax.errorbar([p[idx] for p in pts], [p[2] for p in pts], yerr=[p[3] for p in pts], marker="o",
                             capsize=3, label=method, linestyle="none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -38,3 +39,7 @@ def test_quick_run_writes_latency_the_tables_read(tmp_path):
     for name, row in doc["models"].items():
         assert row["batch1"]["ms"] > 0 and row["batch2"]["ratio"] > 0, name
     assert doc["models"]["resnet20"]["batch1"]["ratio"] == 1.0
+    # the structured models also deployed with their eager plan, measured at each batch
+    assert {"struct_resnet20_a+plan", "structured_b+plan"} <= names and "prune_l1_a+plan" not in names
+    plan = doc["models"]["structured_a+plan"]["batch2"]["plan"]  # e.g. "12 decomposed, 6 dense"
+    assert re.fullmatch(r"\d+ \S+(, \d+ \S+)*", plan) and sum(int(p.split()[0]) for p in plan.split(", ")) == 18

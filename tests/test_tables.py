@@ -80,7 +80,8 @@ def test_rows_group_runs_by_full_configuration(runs_dir, tmp_path):
     _variant(runs_dir, tmp_path, "c", config_hash="lam1hash", **{"lambda": 1.0})
     _variant(runs_dir, tmp_path, "d", config_hash="epochs4hash", max_epochs=4, epochs=4)
     md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| struct_resnet20_a")]
+    main = md.split("\n## ")[0]  # the main table (the lambda and per-run sections list runs too)
+    rows = [line for line in main.splitlines() if line.startswith("| struct_resnet20_a")]
     assert len(rows) == 4 and all("| regularized | 1 |" in r for r in rows), rows
     assert "[epochs" in md and "[lam1ha" in md  # rows of one model name their configuration
     assert "mixed commits" not in md
@@ -200,9 +201,13 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
             **dense, **extra, "seed": seed, "test_acc_decomposed": acc, "tag": "_prune_l1_a", "method": "prune_l1",
             "target_mults_ratio": 0.45, "achieved_mults_ratio": 0.451, "init_from": f"runs/dense/seed{seed}/deploy.pt",
             "mults_decomposed": 18_300_000, "params_decomposed": 150_000, "config_hash": "prunehash"}))
+    _variant(runs_dir, tmp_path, "struct_a", **extra)  # the from-scratch structured row beside them
     (tmp_path / "latency.json").write_text(json.dumps({"setup": "eager channels_last, 2 threads", "models": {
         "resnet20": {"batch64": {"ms": 10.0, "ratio": 1.0}, "batch1": {"ms": 1.0, "ratio": 1.0}},
-        "prune_l1_a": {"batch64": {"ms": 6.0, "ratio": 0.6}, "batch1": {"ms": 0.9, "ratio": 0.9}}}}))
+        "prune_l1_a": {"batch64": {"ms": 6.0, "ratio": 0.6}, "batch1": {"ms": 0.9, "ratio": 0.9}},
+        "struct_resnet20_a": {"batch64": {"ms": 9.0, "ratio": 0.9}, "batch1": {"ms": 1.2, "ratio": 1.2}},
+        "struct_resnet20_a+plan": {"batch64": {"ms": 7.0, "ratio": 0.7, "plan": "18 decomposed"},
+                                   "batch1": {"ms": 0.95, "ratio": 0.95, "plan": "18 dense"}}}}))
     written = tables.write_tables(tmp_path / "runs", tmp_path / "out")
     names = sorted(p.name for p in written)
     assert names == ["cifar10.md", "cifar10_acc_vs_macs.png", "cifar10_training.png", "compare.md",
@@ -213,6 +218,8 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| prune_l1 | A |"))
     assert "| 2 | 59.50 +- 2.12 | -1.50 +- 0.71 |" in row and "(0.45x)" in row
     assert "6.00 (0.60x)" in row and "0.90 (0.90x)" in row
+    scratch = next(line for line in md.splitlines() if line.startswith("| structured, from scratch | A |"))
+    assert "| 9.00 (0.90x); plan: 7.00 (0.70x) | 1.20 (1.20x); plan: 0.95 (0.95x) |" in scratch
     assert md.startswith("# CIFAR-10: structured convolutions vs pruning and SVD")
     again = tables.write_tables(tmp_path / "runs", tmp_path / "out2")
     for p, q in zip(written, again):
