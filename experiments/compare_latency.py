@@ -6,7 +6,9 @@ conf/exp/cifar10/compress/<method>_<target>.yaml; ``structured`` projected and d
 latency of one forward pass at batch 64 and batch 1: eager PyTorch, channels_last,
 ``torch.no_grad``, 2 threads, glibc's default allocator (the process as a user has it), all
 models timed interleaved in one process (3 rounds; each model's time is its best round's median,
-its ratio to dense the median of the per-round ratios). Each structured model is also timed
+its ratio to dense the median of the per-round ratios), in 3 fresh processes one after another
+(``--processes``; with the default allocator a process's figures move by up to 0.15 in ratio),
+keeping each figure's median and the ratio's range. Each structured model is also timed
 deployed with its eager deploy plan (``<name>+plan``: src/deploy, per layer the fastest exact
 form, measured at that batch on this machine; ``--no-plan`` skips them). Latency depends on the architecture, not on
 the weights, so the models are built with seeded random weights (pruning keeps the same number of
@@ -102,6 +104,38 @@ def measure(models: dict[str, torch.nn.Module], batches=(64, 1), reps: int = 20,
     return out
 
 
+def _in_child(argv: list[str], i: int) -> dict:
+    """The models' figures measured by a fresh process of this command (--processes 1)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="compare_latency_") as tmp:
+        out = Path(tmp) / f"latency{i}.json"
+        rest = [a for j, a in enumerate(argv) if a not in ("--processes", "--out", "--allow-dirty")
+                and (j == 0 or argv[j - 1] not in ("--processes", "--out"))]
+        print(f"process {i + 1}:", flush=True)
+        subprocess.run([sys.executable, "-m", "experiments.compare_latency", *rest, "--processes", "1",
+                        "--out", str(out), "--allow-dirty"], cwd=ROOT, check=True)
+        return json.loads(out.read_text())["models"]
+
+
+def merge_processes(runs: list[dict]) -> dict:
+    """Per model and batch: the median ms and median ratio over the processes, the ratio's range
+    ('ratio_range') and, for a planned model, each process's plan ('plans')."""
+    merged: dict[str, dict] = {}
+    for name in runs[0]:
+        merged[name] = {}
+        for batch in runs[0][name]:
+            rows = [r[name][batch] for r in runs if batch in r.get(name, {})]
+            ratios = [row["ratio"] for row in rows]
+            entry = {"ms": round(statistics.median(row["ms"] for row in rows), 3),
+                     "ratio": round(statistics.median(ratios), 3), "ratio_range": [min(ratios), max(ratios)]}
+            if any("plan" in row for row in rows):
+                entry["plans"] = [row.get("plan") for row in rows]
+            merged[name][batch] = entry
+    return merged
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.compare_latency", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/medium/latency.json"))
@@ -110,6 +144,9 @@ def main(argv=None) -> None:
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per model and round, at least")
     ap.add_argument("--no-plan", action="store_true",
                     help="skip the structured models deployed with their eager deploy plan ('<name>+plan')")
+    ap.add_argument("--processes", type=int, default=3, metavar="N",
+                    help="measure in N fresh processes one after another and keep each figure's median (default 3; "
+                         "a process's allocator state moves its figures, so one process is not enough)")
     ap.add_argument("--quick", action="store_true", help="seconds: batches 2 and 1, few repetitions (tests)")
     ap.add_argument("--allow-dirty", action="store_true", help="write into results/ from a tree with uncommitted changes")
     args = ap.parse_args(argv)
@@ -118,11 +155,16 @@ def main(argv=None) -> None:
     except DirtyTreeError as e:
         sys.exit(f"error: {e}")
     batches, reps, min_time = ((2, 1), 2, 0.0) if args.quick else ((64, 1), args.reps, args.min_time)
-    sources: dict = {}
-    models = deployed_models(sources=sources)
-    results = measure(models, batches, reps, min_time, args.threads, sources=None if args.no_plan else sources)
+    if args.processes > 1:  # each in a fresh process: with the default allocator, a process's figures vary
+        results = merge_processes([_in_child(argv or sys.argv[1:], i) for i in range(args.processes)])
+    else:
+        sources: dict = {}
+        models = deployed_models(sources=sources)
+        results = measure(models, batches, reps, min_time, args.threads, sources=None if args.no_plan else sources)
+    spread = (f"; median over {args.processes} processes (min-max of the ratio in brackets)"
+              if args.processes > 1 else "")
     doc = {"setup": f"eager channels_last, {args.threads} threads, default allocator, interleaved, "
-                    f"best of {ROUNDS} rounds' medians; batches {', '.join(map(str, batches))}",
+                    f"best of {ROUNDS} rounds' medians; batches {', '.join(map(str, batches))}{spread}",
            "git_sha": git_sha(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(), "models": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

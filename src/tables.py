@@ -469,10 +469,14 @@ def _latency(lat: dict, name: str, batch: int) -> str:
     row = models.get(name, {}).get(f"batch{batch}")
     if not row:
         return "-"
-    text = f"{row['ms']:.2f} ({row['ratio']:.2f}x)"
+    def cell(r: dict) -> str:
+        spread = f" [{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}]" if r.get("ratio_range") else ""
+        return f"{r['ms']:.2f} ({r['ratio']:.2f}x{spread})"
+
+    text = cell(row)
     planned = models.get(f"{name}+plan", {}).get(f"batch{batch}")
     if planned:
-        text += f"; plan: {planned['ms']:.2f} ({planned['ratio']:.2f}x)"
+        text += f"; plan: {cell(planned)}"
     return text
 
 

@@ -29,7 +29,8 @@ def test_deployed_architectures_meet_their_targets():
 
 def test_quick_run_writes_latency_the_tables_read(tmp_path):
     out = tmp_path / "latency.json"
-    proc = subprocess.run([sys.executable, "-m", "experiments.compare_latency", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "experiments.compare_latency", "--quick", "--processes", "2",
+                           "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
@@ -41,5 +42,18 @@ def test_quick_run_writes_latency_the_tables_read(tmp_path):
     assert doc["models"]["resnet20"]["batch1"]["ratio"] == 1.0
     # the structured models also deployed with their eager plan, measured at each batch
     assert {"struct_resnet20_a+plan", "structured_b+plan"} <= names and "prune_l1_a+plan" not in names
-    plan = doc["models"]["structured_a+plan"]["batch2"]["plan"]  # e.g. "12 decomposed, 6 dense"
-    assert re.fullmatch(r"\d+ \S+(, \d+ \S+)*", plan) and sum(int(p.split()[0]) for p in plan.split(", ")) == 18
+    assert "median over 2 processes" in doc["setup"]
+    row = doc["models"]["structured_a+plan"]["batch2"]
+    assert len(row["plans"]) == 2 and row["ratio_range"][0] <= row["ratio"] <= row["ratio_range"][1]
+    for plan in row["plans"]:  # e.g. "12 decomposed, 6 dense"
+        assert re.fullmatch(r"\d+ \S+(, \d+ \S+)*", plan) and sum(int(p.split()[0]) for p in plan.split(", ")) == 18
+
+
+def test_processes_merge_to_medians_with_the_ratio_range():
+    runs = [{"resnet20": {"batch1": {"ms": 5.0, "ratio": 1.0}},
+             "s+plan": {"batch1": {"ms": ms, "ratio": ratio, "plan": plan}}}
+            for ms, ratio, plan in ((4.0, 0.8, "18 dense"), (6.0, 1.2, "18 spatial"), (5.0, 0.9, "18 dense"))]
+    merged = compare_latency.merge_processes(runs)
+    assert merged["resnet20"]["batch1"] == {"ms": 5.0, "ratio": 1.0, "ratio_range": [1.0, 1.0]}
+    assert merged["s+plan"]["batch1"] == {"ms": 5.0, "ratio": 0.9, "ratio_range": [0.8, 1.2],
+                                          "plans": ["18 dense", "18 spatial", "18 dense"]}

@@ -204,7 +204,8 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     _variant(runs_dir, tmp_path, "struct_a", **extra)  # the from-scratch structured row beside them
     (tmp_path / "latency.json").write_text(json.dumps({"setup": "eager channels_last, 2 threads", "models": {
         "resnet20": {"batch64": {"ms": 10.0, "ratio": 1.0}, "batch1": {"ms": 1.0, "ratio": 1.0}},
-        "prune_l1_a": {"batch64": {"ms": 6.0, "ratio": 0.6}, "batch1": {"ms": 0.9, "ratio": 0.9}},
+        "prune_l1_a": {"batch64": {"ms": 6.0, "ratio": 0.6, "ratio_range": [0.55, 0.65]},
+                       "batch1": {"ms": 0.9, "ratio": 0.9}},
         "struct_resnet20_a": {"batch64": {"ms": 9.0, "ratio": 0.9}, "batch1": {"ms": 1.2, "ratio": 1.2}},
         "struct_resnet20_a+plan": {"batch64": {"ms": 7.0, "ratio": 0.7, "plan": "18 decomposed"},
                                    "batch1": {"ms": 0.95, "ratio": 0.95, "plan": "18 dense"}}}}))
@@ -217,7 +218,7 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     md = (tmp_path / "out" / "compare.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| prune_l1 | A |"))
     assert "| 2 | 59.50 +- 2.12 | -1.50 +- 0.71 |" in row and "(0.45x)" in row
-    assert "6.00 (0.60x)" in row and "0.90 (0.90x)" in row
+    assert "6.00 (0.60x [0.55-0.65])" in row and "0.90 (0.90x)" in row  # (ratio range over processes)
     scratch = next(line for line in md.splitlines() if line.startswith("| structured, from scratch | A |"))
     assert "| 9.00 (0.90x); plan: 7.00 (0.70x) | 1.20 (1.20x); plan: 0.95 (0.95x) |" in scratch
     assert md.startswith("# CIFAR-10: structured convolutions vs pruning and SVD")
