@@ -53,12 +53,9 @@ def in_results_dir(out: str | Path) -> bool:
 def check_results_dir(out: str | Path, allow_dirty: bool = False) -> None:
     """Raise DirtyTreeError if `out` lies inside this repository's ``results/`` and the tree is
     dirty (unless `allow_dirty`)."""
-    if allow_dirty:
+    if allow_dirty or not in_results_dir(out):
         return
-    results = (REPO_ROOT / "results").resolve()
     target = Path(out).resolve()
-    if target != results and results not in target.parents:
-        return
     sha = git_sha()
     if sha.endswith("-dirty"):
         raise DirtyTreeError(
