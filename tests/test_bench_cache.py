@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+
+import pytest
 
 from src import provenance
 from src.bench import cache, core, measure, models
-from src.bench.measure import PlanCounts, Row, TrainingRow
+from src.bench.measure import PlanCounts, Row, Skipped, TrainingRow
 
 
 def test_units_are_stored_once_and_loaded_by_a_rerun(tmp_path, monkeypatch):
@@ -101,7 +104,7 @@ def test_a_cut_off_benchmark_continues_where_it_stopped(tmp_path, monkeypatch):
 def test_the_cache_is_on_by_default_only_for_reports_into_results(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "git_sha", lambda: "0123abc")
     seen = []
-    monkeypatch.setattr(cache.UnitCache, "for_commit", classmethod(lambda cls, d: seen.append(d) or cls(None)))
+    monkeypatch.setattr(cache.UnitCache, "for_commit", classmethod(lambda cls, d, reuse=None: seen.append(d) or cls(None)))
     calls = []
     _recorded(monkeypatch, calls)
     argv = ["--quick", "--threads", "1", "--extra-allocators", "none", "--sections", "layers"]
@@ -119,3 +122,59 @@ def test_extra_allocator_children_run_without_plans_and_share_the_cache_setting(
     assert "--no-plan" in argv and argv[argv.index("--cache-dir") + 1] == "runs/bench"
     args = models._parser().parse_args([])
     assert "--no-cache" in models._child_args(args, "tuned", ["eager_cl"], "/tmp/rows.json", "/tmp/out.md")
+
+
+def _git_repo(path, monkeypatch):
+    """A throwaway checkout with three commits (each changing src/a.py): their shas, oldest first."""
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    (path / "src").mkdir(parents=True)
+    git("init", "-q")
+    shas = []
+    for i in range(3):
+        (path / "src" / "a.py").write_text(f"x = {i}\n")
+        git("add", "-A")
+        git("commit", "-q", "-m", f"c{i}")
+        shas.append(git("rev-parse", "HEAD"))
+    monkeypatch.setattr(provenance, "REPO_ROOT", path)
+    return shas
+
+
+def test_units_of_an_earlier_commit_are_reused_only_without_a_failure(tmp_path, monkeypatch):
+    """--reuse-commit: the earlier commit's model units load where nothing failed in them; a failed
+    unit is measured at HEAD, other kinds are never taken over, and the summary names the commit,
+    the units and the source files changed since."""
+    sha0, sha1, sha2 = _git_repo(tmp_path / "repo", monkeypatch)
+    store = tmp_path / "repo" / "runs" / "bench"
+    row = Row("resnet18", (224, 224), 1, "onnxruntime", "b", 2e-3, 1e-3, 0.28, (0.5,) * 3)
+    ok = measure.rows_to_json([row], [])
+    failed = measure.rows_to_json([row], [Skipped("resnet18", 16, "onnxruntime +plan (b)", "InvalidArgument")])
+    old = cache.UnitCache(store / sha1)
+    old.get("models", {"name": "resnet18", "batch": 1}, lambda: ok)
+    old.get("models", {"name": "resnet18", "batch": 16}, lambda: failed)
+    old.get("layers", {}, lambda: "old layers")
+
+    new = cache.UnitCache.for_commit(store, sha1[:7])
+    assert new.root == store / sha2 and new.reuse == store / sha1
+    keep = dict(reusable=models._without_failure)
+    assert new.get("models", {"name": "resnet18", "batch": 1}, lambda: "measured", label="resnet18 at batch 1",
+                   **keep) == ok
+    assert new.get("models", {"name": "resnet18", "batch": 16}, lambda: "measured at HEAD", **keep) == "measured at HEAD"
+    assert new.get("layers", {}, lambda: "new layers") == "new layers"
+    assert new.get("models", {"name": "resnet18", "batch": 1, "threads": 1}, lambda: "other key", **keep) == "other key"
+    assert new.loaded == 1 and new.measured == 3 and new.reused == ["resnet18 at batch 1"]
+    assert not (store / sha2 / new.path("models", {"name": "resnet18", "batch": 1}).name).exists()  # not copied
+    text = new.summary()
+    assert f"1 (resnet18 at batch 1) were measured at the earlier commit {sha1[:7]}" in text and "`src/a.py`" in text
+
+    for bad, why in (("deadbeef", "not a commit"), (sha2, "HEAD itself"), (sha0, "no stored units")):
+        with pytest.raises(cache.ReuseError, match=why):
+            cache.UnitCache.for_commit(store, bad)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "checkout", "-q", sha0], cwd=tmp_path / "repo",
+                   check=True)
+    with pytest.raises(cache.ReuseError, match="not an ancestor"):
+        cache.UnitCache.for_commit(store, sha1)
+    with pytest.raises(cache.ReuseError, match="needs the unit cache"):
+        cache.UnitCache.for_commit(None, sha1)

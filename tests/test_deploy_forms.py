@@ -190,6 +190,24 @@ def test_onnxruntime_runs_every_form_like_pytorch():
             assert ops <= {"Conv", "AveragePool", "Pad"}, (form, ops)
 
 
+def test_export_many_onnx_with_one_tensor_as_two_inputs():
+    """The planner records one tensor as the input of two layers (a residual block's first conv and
+    its downsample conv). Exported side by side, the exporter would merge the two graph inputs and
+    the per-module graph would read an input it does not have (struct_resnet18_b's ONNX Runtime plan
+    failed so): each graph is valid on its own and computes its module's output."""
+    from src.deploy.runtimes import export_many_onnx, ort_session
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    modules = [nn.Conv2d(4, 6, 3, padding=1).eval(), nn.Conv2d(4, 6, 1, stride=2).eval(), nn.Conv2d(4, 3, 1).eval()]
+    graphs = export_many_onnx(modules, [x, x, x[:1]], [0, 1, 2])
+    for module, graph, inp in zip(modules, graphs, (x, x, x[:1])):
+        session = ort_session(graph, threads=1)
+        (y,) = session.run(None, {session.get_inputs()[0].name: inp.numpy()})
+        with torch.no_grad():
+            assert rel_err(torch.from_numpy(np.asarray(y)), module(inp)) <= 1e-5
+
+
 def _scripted_timer(monkeypatch, times, model_times=None):
     """Replace the timer of plan_recompose: run every candidate once, check that they agree with
     the first one, and report times[form] (1.0 for forms not listed) for the forms in the order

@@ -87,7 +87,7 @@ from typing import Sequence
 from src import provenance
 
 from . import core, measure, report
-from .cache import DEFAULT_DIR, UnitCache, environment_key
+from .cache import DEFAULT_DIR, ReuseError, UnitCache, environment_key
 from .backends import CPU_BACKENDS, CUDA_BACKENDS, default_backends, make_backend
 from .measure import QUICK_MODEL, ROUNDS, Row, Skipped
 from .timing import ALLOCATORS, configure_allocator, huge_pages_label, machine_label, torch_threads
@@ -160,6 +160,10 @@ def _parser() -> argparse.ArgumentParser:
                          f"(default: {DEFAULT_DIR} when --out is in the repository's results/, else none; "
                          "see src/bench/cache.py)")
     ap.add_argument("--no-cache", action="store_true", help="measure everything afresh and store nothing")
+    ap.add_argument("--reuse-commit", metavar="SHA",
+                    help="also load the model units that a run at this earlier commit (an ancestor of HEAD) stored "
+                         "without a failure, same settings and machine; failed ones are measured at HEAD. For a fix "
+                         "that touches only what failed: the report names the commit, the units and the files changed")
     ap.add_argument("--rows-json", help=argparse.SUPPRESS)  # (a child process: write the model rows here)
     return ap
 
@@ -180,7 +184,8 @@ def _measure_models(args: argparse.Namespace, backend_names: Sequence[str]) -> t
                     plan_refine=args.plan_refine, progress=_progress))
 
             loaded = args.cache.loaded
-            r, s = measure.rows_from_json(args.cache.get("models", key, measure_unit))
+            r, s = measure.rows_from_json(args.cache.get("models", key, measure_unit, reusable=_without_failure,
+                                                         label=f"{name} at batch {batch}"))
             if args.cache.loaded > loaded:
                 _log("  (stored by an earlier run of this commit: loaded)")
                 for item in [*r, *s]:
@@ -188,6 +193,11 @@ def _measure_models(args: argparse.Namespace, backend_names: Sequence[str]) -> t
             rows += r
             skipped += s
     return rows, skipped
+
+
+def _without_failure(value: str) -> bool:
+    """A stored model unit in which every row was measured (nothing skipped)."""
+    return not measure.rows_from_json(value)[1]
 
 
 def _threads() -> int:
@@ -335,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> str:
             args.cache_dir = None
         elif args.cache_dir is None and provenance.in_results_dir(args.out):
             args.cache_dir = DEFAULT_DIR
-        args.cache = UnitCache.for_commit(args.cache_dir)
+        try:
+            args.cache = UnitCache.for_commit(args.cache_dir, args.reuse_commit)
+        except ReuseError as e:
+            ap.error(str(e))
         load_before = os.getloadavg()
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         sections, child_rows = _sections(args)

@@ -121,6 +121,22 @@ class _Many(nn.Module):
         return tuple(m(xs[i]) for m, i in zip(self.mods, self.index))
 
 
+def _distinct(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`inputs` with every tensor that shares memory with an earlier one replaced by a copy.
+
+    The dynamo exporter merges graph inputs that alias one another (the same tensor passed twice,
+    e.g. the recorded input of a residual block's first conv and of its downsample conv): the
+    nodes of both then read one input, and the graph split per module by input name is invalid
+    ("Node input 'x3' is not a graph input ...")."""
+    seen: set[int] = set()
+    out = []
+    for x in inputs:
+        ptr = x.untyped_storage().data_ptr()
+        out.append(x.clone() if ptr in seen else x)
+        seen.add(ptr)
+    return out
+
+
 def export_many_onnx(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor], index: Sequence[int],
                      opset: int | None = None) -> list[bytes]:
     """One serialized ONNX model per module (module i on inputs[index[i]], static shapes), from a
@@ -131,6 +147,7 @@ def export_many_onnx(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor
     from src.export import DEFAULT_OPSET
 
     wrapper = _Many([m.eval() for m in modules], index).eval()
+    inputs = _distinct(inputs)
     in_names = [f"x{i}" for i in range(len(inputs))]
     out_names = [f"y{i}" for i in range(len(modules))]
     with tempfile.TemporaryDirectory(prefix="onnx_many_") as tmp, torch.no_grad():
