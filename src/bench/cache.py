@@ -98,10 +98,9 @@ class UnitCache:
         if p.exists():
             try:
                 stored = json.loads(p.read_text())
-                if stored.get("key") == json.loads(json.dumps(key, default=str)):
-                    stored["value"]  # noqa: B018 (a unit without a value is not one)
+                if stored.get("key") == json.loads(json.dumps(key, default=str)) and "value" in stored:
                     return stored
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, AttributeError):
                 pass  # unreadable (e.g. cut off): measured again and rewritten
         return None
 
