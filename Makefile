@@ -18,6 +18,8 @@ RESULTS_medium_sweep = results/medium/sweep
 RESULTS ?= $(or $(RESULTS_$(PROFILE)),results/$(PROFILE))
 DEVICE ?= cuda
 RUNS ?= runs
+# extra arguments of experiments.reproduce (e.g. --allow-dirty, --only resnet20, --jobs 1)
+REPRODUCE_ARGS ?=
 # CIFAR-10 folder (npz pair or torchvision's cifar-10-batches-py/); fetched there when absent and online.
 CIFAR_ROOT ?= data/cifar10
 DATA ?=
@@ -66,12 +68,12 @@ complexity: install
 	$(PY) -m src.complexity > /dev/null && echo "wrote results/complexity.md"
 
 reproduce-cifar: install
-	$(PY) -m experiments.reproduce --profile $(PROFILE) --data $(CIFAR_ROOT) --runs $(RUNS)
+	$(PY) -m experiments.reproduce --profile $(PROFILE) --data $(CIFAR_ROOT) --runs $(RUNS) $(REPRODUCE_ARGS)
 	$(MAKE) tables PROFILE=$(PROFILE)
 
 compare-cifar: install   # compression baselines at equal MACs from the medium profile's dense runs (PROFILE=medium)
 	@test "$(PROFILE)" = medium || { echo "usage: make compare-cifar PROFILE=medium (the baselines start from that profile's trained resnet20 runs)"; exit 2; }
-	$(PY) -m experiments.reproduce --profile medium_compare --data $(CIFAR_ROOT) --runs $(RUNS)
+	$(PY) -m experiments.reproduce --profile medium_compare --data $(CIFAR_ROOT) --runs $(RUNS) $(REPRODUCE_ARGS)
 	$(MAKE) tables PROFILE=medium
 
 gpu-smoke: install       # what a lent GPU runs first: exactness on the device, one CIFAR-10 epoch, speed pairs (< 8 min)

@@ -12,7 +12,8 @@ keeping each figure's median and the ratio's range. Each structured model is als
 deployed with its eager deploy plan (``<name>+plan``: src/deploy, per layer the fastest exact
 form, measured at that batch on this machine; ``--no-plan`` skips them). Latency depends on the architecture, not on
 the weights, so the models are built with seeded random weights (pruning keeps the same number of
-filters whatever the weights). Writes ``results/medium/latency.json``, which ``src.tables`` reads
+filters whatever the weights). Writes ``results/medium/latency.json`` (with each architecture's
+params and mults, which ``src.tables`` checks against the trained runs), which ``src.tables`` reads
 into ``compare.md``. Needs a quiet machine: time nothing while a training run or tests use the
 cores.
 """
@@ -34,7 +35,7 @@ from src.deploy import decompose_planned, plan_recompose, plan_summary
 from src.deploy.tuning import time_interleaved
 from src.models import create_model
 from src.provenance import DirtyTreeError, check_results_dir, git_sha
-from src.structured import decompose, project, structured_layers
+from src.structured import complexity, decompose, project, structured_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("a", "b")
@@ -65,6 +66,17 @@ def deployed_models(methods=METHODS, targets=TARGETS, sources: dict | None = Non
     if sources is not None:
         sources.update({k: v.to(memory_format=torch.channels_last).eval() for k, v in structured.items()})
     return {k: v.to(memory_format=torch.channels_last).eval() for k, v in models.items()}
+
+
+def architectures(models: dict[str, torch.nn.Module], sources: dict[str, torch.nn.Module]) -> dict[str, dict]:
+    """name -> params of the deployed model and mults per image (src.structured.complexity of its
+    train form: the counts a trained run's summary holds as params_decomposed / mults_decomposed)."""
+    out = {}
+    for name, model in models.items():
+        train_form = sources.get(name, model)
+        out[name] = {"params": sum(p.numel() for p in model.parameters()),
+                     "mults": complexity(train_form, (3, 32, 32)).mults_decomposed}
+    return out
 
 
 def planned(sources: dict[str, torch.nn.Module], x: torch.Tensor, reps: int) -> dict[str, tuple[torch.nn.Module, str]]:
@@ -155,18 +167,20 @@ def main(argv=None) -> None:
     except DirtyTreeError as e:
         sys.exit(f"error: {e}")
     batches, reps, min_time = ((2, 1), 2, 0.0) if args.quick else ((64, 1), args.reps, args.min_time)
+    sources: dict = {}
+    models = deployed_models(sources=sources)
+    arch = architectures(models, sources)
     if args.processes > 1:  # each in a fresh process: with the default allocator, a process's figures vary
+        del models, sources
         results = merge_processes([_in_child(argv or sys.argv[1:], i) for i in range(args.processes)])
     else:
-        sources: dict = {}
-        models = deployed_models(sources=sources)
         results = measure(models, batches, reps, min_time, args.threads, sources=None if args.no_plan else sources)
     spread = (f"; median over {args.processes} processes (min-max of the ratio in brackets)"
               if args.processes > 1 else "")
     doc = {"setup": f"eager channels_last, {args.threads} threads, default allocator, interleaved, "
                     f"best of {ROUNDS} rounds' medians; batches {', '.join(map(str, batches))}{spread}",
            "git_sha": git_sha(), "torch": torch.__version__,
-           "date": datetime.date.today().isoformat(), "models": results}
+           "date": datetime.date.today().isoformat(), "architectures": arch, "models": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -13,7 +13,9 @@ Each run is ``python -m src.train +exp=<dataset>/<model> ...`` in ``<runs>/<prof
 finished runs are skipped and killed ones resume, so the command can simply be re-run. As soon as
 a run has finished, its logs (summary.json, config.yaml, overrides.yaml, metrics.csv: no
 checkpoints) are copied to ``--collect`` (default ``results/<profile>/runs/<model>/seed<k>``), where
-``make tables`` reads them: committed, they regenerate the tables byte for byte. The first
+``make tables`` reads them: committed, they regenerate the tables byte for byte. Into results/ it runs
+only from committed code (``--allow-dirty`` otherwise), and a killed run resumes only on the
+training code it started with (src/train.py: check_code_unchanged). The first
 run that fails stops the reproduction: its one-line error (from src.train) is followed by which
 run failed and where its log is, and the exit status is that run's.
 """
@@ -189,6 +191,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per run (OMP_NUM_THREADS; default: the profile's, else torch's default)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="run even though the code has uncommitted changes and the logs are collected into "
+                         "results/ (their summaries then name a -dirty commit)")
     ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
     spec = PROFILES[args.profile]
@@ -222,6 +227,15 @@ def main(argv=None) -> None:
         for i, cmd in enumerate(cmds, 1):
             print(f"[{i}/{len(cmds)}] {' '.join(cmd[2:])}", flush=True)
         return
+    if cmds:  # hours of runs whose summaries could not go into results/: refused before the first one
+        from src.provenance import DirtyTreeError, check_results_dir
+
+        try:
+            check_results_dir(collect_root, args.allow_dirty)
+        except DirtyTreeError as e:
+            print(f"reproduce: {e} (here: --allow-dirty, or `make ... REPRODUCE_ARGS=--allow-dirty`). "
+                  f"No run was started.", file=sys.stderr)
+            sys.exit(2)
     queue = list(enumerate(cmds, 1))
     running: dict[int, tuple[subprocess.Popen, list[str], float]] = {}
     failed: tuple[int, int, Path] | None = None

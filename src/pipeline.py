@@ -42,7 +42,7 @@ from src.lit import ClassificationModule, SegmentationModule, recalibrate_bn
 from src.lit.module import StructuredModule
 from src.models import create_model, get_entry
 from src.models.registry import ModelEntry
-from src.provenance import git_sha
+from src.provenance import code_fingerprint, git_sha
 from src.structured import complexity, decompose, project, structural_residuals, structured_layers
 
 __all__ = ["SUMMARY", "CONFIG", "HISTORY", "LOG", "DEPLOY", "Timer", "Job", "Compressed", "build_datamodule",
@@ -58,6 +58,7 @@ CONFIG = "config.yaml"
 HISTORY = "metrics.csv"
 LOG = "train.log"
 DEPLOY = "deploy.pt"
+CODE = "code.json"  # the commit and training-code fingerprint a run started with (src/provenance.py)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -221,6 +222,7 @@ def fit(job: Job) -> None:
     if trainer.is_global_zero and not job.last_ckpt.exists():  # a new run (or one with no checkpoint yet)
         (job.run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (job.run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(job.overrides)))
+        (job.run_dir / CODE).write_text(json.dumps({"git_sha": git_sha(), "files": code_fingerprint()}, indent=1))
     job.resumed = job.last_ckpt.exists()
     if job.resumed:
         log.info("resuming %s", job.last_ckpt)
@@ -357,7 +359,7 @@ def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | N
         "config_hash": runs.config_hash(ident), "run_hash": runs.config_hash(ident, False),
         "overrides": job.overrides,
         "seed": cfg.seed, "epochs": trainer.current_epoch, "max_epochs": cfg.trainer.max_epochs,
-        "lambda": cfg.structure.lam if job.regularized else 0.0, "lambda_ramp_epochs": cfg.structure.lam_ramp_epochs,
+        "lambda": cfg.structure.lam if job.regularized and c.has_structure else 0.0, "lambda_ramp_epochs": cfg.structure.lam_ramp_epochs,
         "bn_recalib": bool(cfg.structure.bn_recalib and c.has_structure),
         "train_subset": cfg.data.get("train_subset"), "test_subset": cfg.data.get("test_subset"),
     }
@@ -392,6 +394,8 @@ def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | N
         "device": str(trainer.strategy.root_device), "world_size": trainer.world_size,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "git_sha": git_sha(),
     })
+    if (job.run_dir / CODE).exists():
+        values["git_sha_start"] = json.loads((job.run_dir / CODE).read_text())["git_sha"]
     return schema.assemble(job.task, values)
 
 

@@ -5,14 +5,20 @@ committed code.
 uncommitted changes to tracked files. `check_results_dir(out, allow_dirty)` refuses to write into
 the repository's ``results/`` folder from such a tree (a table there must be regenerable from a
 commit); ``--allow-dirty`` on the command lines says otherwise on purpose.
+
+`code_fingerprint()` hashes the training code (``src/`` and ``conf/``, reports aside), file by file:
+a run records it when it starts, and `code_changes(old, new)` names what differs when it resumes,
+so that one run never mixes two versions of the code that trains it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "git_sha", "is_dirty", "check_results_dir", "DirtyTreeError"]
+__all__ = ["REPO_ROOT", "git_sha", "is_dirty", "check_results_dir", "DirtyTreeError", "TRAINING_CODE",
+           "code_fingerprint", "code_changes"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +68,29 @@ def check_results_dir(out: str | Path, allow_dirty: bool = False) -> None:
             f"refusing to write into {target}: the code has uncommitted changes ({sha}), and results/ "
             f"holds only what a commit can regenerate. Commit first, write elsewhere, or pass "
             f"--allow-dirty.")
+
+
+# What a training run executes (relative to the repository root), and what under it only reports.
+TRAINING_CODE = ("src", "conf")
+REPORT_CODE = ("src/bench/", "src/tables.py")
+_CODE_SUFFIXES = (".py", ".yaml", ".yml")
+
+
+def code_fingerprint() -> dict[str, str]:
+    """Path (relative, posix) -> sha256 prefix of every source file of the training code as it is
+    on disk now (uncommitted edits included; reports under REPORT_CODE left out)."""
+    out = {}
+    for top in TRAINING_CODE:
+        for p in sorted((REPO_ROOT / top).rglob("*")):
+            rel = p.relative_to(REPO_ROOT).as_posix()
+            if p.is_file() and p.suffix in _CODE_SUFFIXES and "__pycache__" not in p.parts \
+                    and not rel.startswith(REPORT_CODE):
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return out
+
+
+def code_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """The files that differ between two fingerprints, as 'changed: PATH' / 'added: ...' / 'removed: ...'."""
+    changed = [f"changed: {k}" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+    return changed + [f"added: {k}" for k in sorted(new.keys() - old.keys())] + \
+        [f"removed: {k}" for k in sorted(old.keys() - new.keys())]

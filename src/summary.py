@@ -61,7 +61,8 @@ FIELDS: tuple[Field, ...] = (
     Field("seed", _INT, "the run's seed"),
     Field("epochs", _INT, "epochs trained (the final epoch's number + 1)"),
     Field("max_epochs", _INT, "trainer.max_epochs"),
-    Field("lambda", _NUM, "weight of the structural loss (0 for the direct route)"),
+    Field("lambda", _NUM, "weight of the structural loss (0 for the direct route and for models without "
+                          "structured layers)"),
     Field("lambda_ramp_epochs", _NUM, "epochs over which lambda ramps linearly from 0"),
     Field("bn_recalib", _BOOL, "whether BatchNorm statistics were re-estimated after projection (false for a "
                                "model without structured layers)"),
@@ -129,6 +130,8 @@ FIELDS: tuple[Field, ...] = (
     Field("threads", _INT, "torch intra-op threads of the process"),
     Field("torch", _STR, "torch version"),
     Field("git_sha", _STR, "commit of the code ('-dirty' appended for uncommitted changes)"),
+    Field("git_sha_start", _STR, "commit when the run started (a resumed run continued on the same training "
+                                 "code: code.json's fingerprint is checked on resume)", required=False, new=True),
 )
 # Always present in a classification summary (null where not measured): the key names of the contract.
 _ALWAYS = {"test_acc_decomposed_exact_subset"}

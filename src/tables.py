@@ -327,9 +327,8 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
         _, model, route, tag, profile, cfg = key
         first = g[0]
         label = _label(key, g, items)
-        commits = sorted({str(s.get("git_sha", "?"))[:7] + ("-dirty" if str(s.get("git_sha", "")).endswith("-dirty") else "")
-                          for s in g})
-        code = ", ".join(commits) + (" **(mixed commits)**" if len(commits) > 1 else "")
+        commits = _commits(g)
+        code = _code_cell(commits)
         if len(commits) > 1:
             mixed.append(label)
         configs.append(f"- {label} ({route}): config `{cfg.removeprefix('legacy:')[:10]}`, "
@@ -463,6 +462,16 @@ def _compare_key(s: dict) -> str:
     return (s.get("tag") or f"_{s['method']}").lstrip("_")
 
 
+def _commits(g: list[dict]) -> list[str]:
+    """The distinct commits of a group of runs (7 characters, '-dirty' kept)."""
+    return sorted({str(s.get("git_sha", "?"))[:7] + ("-dirty" if str(s.get("git_sha", "")).endswith("-dirty") else "")
+                   for s in g})
+
+
+def _code_cell(commits: list[str]) -> str:
+    return ", ".join(commits) + (" **(mixed commits)**" if len(commits) > 1 else "")
+
+
 def _latency(lat: dict, name: str, batch: int) -> str:
     """'ms (ratio to dense)', and for a structured model the same deployed with its eager plan."""
     models = lat.get("models") or {}
@@ -521,13 +530,19 @@ def compare_table(runs: list[dict], reference: list[dict], lat: dict) -> str:
         base_mults = first["mults_dense"] if not first.get("method") else None
         ratio = (first["mults_decomposed"] / base_mults) if base_mults else first.get("achieved_mults_ratio")
         dense_params = dense[0]["params_dense"] if dense else first["params_dense"]
-        commits = sorted({str(s.get("git_sha", "?"))[:7] for s in g})
+        commits = _code_cell(_commits(g))
+        measured = (lat.get("architectures") or {}).get(name)
+        if measured and (measured["params"], measured["mults"]) != (first["params_decomposed"], first["mults_decomposed"]):
+            raise ValueError(f"the latency file measured {name} with {measured['params']:,} params and "
+                             f"{measured['mults']:,} mults, but its runs ({first.get('_dir', name)}) deploy "
+                             f"{first['params_decomposed']:,} / {first['mults_decomposed']:,}: another architecture. "
+                             f"Re-measure it (python -m experiments.compare_latency) at the runs' code.")
         return (f"| {method} | {target} | {len(g)} | {_mean_std([s[acc] for s in g])} | {_gap(g, dense, acc)} "
                 f"| {_mean_std([s.get('official_test_acc_exact') for s in g])} "
                 f"| {_mean_std([s.get('official_test_acc_jpeg') for s in g])} "
                 f"| {_si(first['mults_decomposed'])} ({'-' if ratio is None else f'{ratio:.2f}x'}) "
                 f"| {first['params_decomposed']:,} ({first['params_decomposed'] / dense_params:.2f}x) "
-                f"| {_latency(lat, name, 64)} | {_latency(lat, name, 1)} | {', '.join(commits)} |")
+                f"| {_latency(lat, name, 64)} | {_latency(lat, name, 1)} | {commits} |")
 
     if dense:
         lines.append(line("dense (resnet20)", "-", dense, "resnet20"))
@@ -543,8 +558,9 @@ def compare_table(runs: list[dict], reference: list[dict], lat: dict) -> str:
     lines += ["", "Targets: A = the mults ratio of struct_resnet20_a (decomposed) to resnet20, B = that of "
               "struct_resnet20_b; each method meets its target within 2 % (`achieved_mults_ratio` in summary.json).",
               "", "Plots: `compare_acc_vs_macs.png`, `compare_acc_vs_latency.png`.", "",
-              "Runs (fine-tuning wall time): " + "; ".join(
-                  f"{_compare_key(s)} seed {s['seed']}: {s['wall_time_s'] / 60:.1f} min, from {s.get('init_from', '?')}"
+              "Runs (fine-tuning time over all epochs, resumed ones included): " + "; ".join(
+                  f"{_compare_key(s)} seed {s['seed']}: {(s.get('train_time_s') or s['wall_time_s']) / 60:.1f} min"
+                  f"{' (resumed)' if s.get('resumed') else ''}, from {s.get('init_from', '?')}"
                   for k in sorted(rows) for s in sorted(rows[k], key=lambda s: s["seed"])) + "."]
     return "\n".join(lines) + "\n"
 

@@ -33,10 +33,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from src import pipeline, runs
+from src import pipeline, provenance, runs
 from src.config_check import ConfigError, validate
 from src.data.errors import CorruptFileError, DataRootError
-from src.pipeline import CONFIG, HISTORY, LOG, SUMMARY, report  # noqa: F401  (the run directory's files)
+from src.pipeline import CODE, CONFIG, HISTORY, LOG, SUMMARY, report  # noqa: F401  (the run directory's files)
 
 log = logging.getLogger("src.train")
 
@@ -71,7 +71,33 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     if last_ckpt.exists() and not cfg.resume:
         raise runs.RunDirError(f"{last_ckpt} exists: pass resume=true to continue that run, or choose another "
                                f"hydra.run.dir; nothing is overwritten")
+    if last_ckpt.exists():
+        check_code_unchanged(run_dir)
     return None
+
+
+def check_code_unchanged(run_dir: Path) -> None:
+    """Refuse (RunDirError) to resume a run whose training code (src/provenance.py: src/ and conf/,
+    reports aside) differs from the code it started with, recorded in its code.json: one run
+    never mixes two versions of the code. A run without code.json (older code) is not checked."""
+    path = run_dir / CODE
+    if not path.exists():
+        return
+    try:
+        start = json.loads(path.read_text())
+        sha, files = start["git_sha"], start["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise runs.RunDirError(f"{path} cannot be read ({type(e).__name__}: {e}): cannot tell which code this "
+                               f"run started with; choose another hydra.run.dir") from None
+    changes = provenance.code_changes(files, provenance.code_fingerprint())
+    if changes:
+        shown = "\n  ".join(changes[:15]) + (f"\n  ... and {len(changes) - 15} more" if len(changes) > 15 else "")
+        raise runs.RunDirError(
+            f"{run_dir} is an unfinished run that started on other training code (commit {sha[:12]}); "
+            f"refusing to resume it on this code, which differs in {len(changes)} file(s):\n  {shown}\n"
+            f"Nothing was changed on disk. Resume it from a checkout of the code it started with (e.g. "
+            f"`git worktree add ../at-{sha[:7]} {sha.removesuffix('-dirty')}` and run the same command there), "
+            f"or start it anew in another hydra.run.dir.")
 
 
 def _overrides() -> list[str]:

@@ -40,6 +40,12 @@ def test_quick_run_writes_latency_the_tables_read(tmp_path):
     for name, row in doc["models"].items():
         assert row["batch1"]["ms"] > 0 and row["batch2"]["ratio"] > 0, name
     assert doc["models"]["resnet20"]["batch1"]["ratio"] == 1.0
+    # each architecture's counts, as the trained runs' summaries hold them (results/quick/runs: the
+    # dense and struct_resnet20_a runs' params_decomposed / mults_decomposed), for src.tables to check
+    assert doc["architectures"]["resnet20"] == {"params": 269_722, "mults": 40_551_040}
+    assert doc["architectures"]["struct_resnet20_a"] == {"params": 121_242, "mults": 18_268_800}
+    assert doc["architectures"]["structured_a"] == doc["architectures"]["struct_resnet20_a"]
+    assert set(doc["architectures"]) == {n for n in names if not n.endswith("+plan")}
     # the structured models also deployed with their eager plan, measured at each batch
     assert {"struct_resnet20_a+plan", "structured_b+plan"} <= names and "prune_l1_a+plan" not in names
     assert "median over 2 processes" in doc["setup"]

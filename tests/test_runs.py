@@ -366,6 +366,30 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
                for c in sweep)  # lambda is chosen without the test set
 
 
+def test_reproduce_refuses_dirty_code_before_any_run_that_collects_into_results(tmp_path, monkeypatch, capsys):
+    """Hours of runs whose summaries would name a -dirty commit are refused before the first one
+    when their logs go into results/; --allow-dirty or a --collect folder elsewhere lets them run."""
+    from experiments import reproduce
+    from src import provenance
+
+    class Launched(Exception):
+        pass
+
+    def popen(*a, **k):
+        raise Launched
+
+    monkeypatch.setattr(provenance, "git_sha", lambda: "f" * 40 + "-dirty")
+    monkeypatch.setattr(reproduce.subprocess, "Popen", popen)
+    args = ["--profile", "smoke", "--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--jobs", "1"]
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "uncommitted changes" in err and "--allow-dirty" in err and "No run was started" in err
+    for extra in (["--allow-dirty"], ["--collect", str(tmp_path / "elsewhere")]):
+        with pytest.raises(Launched):
+            reproduce.main(args + extra)
+
+
 def test_dataset_and_schedule_shapes_are_validated():
     from src.config_check import validate
 

@@ -225,3 +225,13 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     again = tables.write_tables(tmp_path / "runs", tmp_path / "out2")
     for p, q in zip(written, again):
         assert p.read_bytes() == q.read_bytes(), p.name
+    # latency.json's counts per architecture are checked against the runs: equal ones pass, another
+    # architecture (e.g. re-measured after a change of the compression rules) is refused by name
+    lat = json.loads((tmp_path / "latency.json").read_text())
+    lat["architectures"] = {"prune_l1_a": {"params": 150_000, "mults": 18_300_000}}
+    (tmp_path / "latency.json").write_text(json.dumps(lat))
+    tables.write_tables(tmp_path / "runs", tmp_path / "out3")
+    lat["architectures"]["prune_l1_a"]["mults"] = 18_000_000
+    (tmp_path / "latency.json").write_text(json.dumps(lat))
+    with pytest.raises(ValueError, match="measured prune_l1_a with 150,000 params and 18,000,000 mults"):
+        tables.write_tables(tmp_path / "runs", tmp_path / "out4")

@@ -40,7 +40,8 @@ SUMMARY_HEAD = ["model", "dataset", "route", "tag", "profile", "config_hash", "r
                 "train_images"]
 SUMMARY_TAIL = ["params_dense", "params_decomposed", "mults_dense", "mults_decomposed", "adds_dense", "adds_decomposed",
                 "adds_decomposed_running", "structural_residual_final", "structural_residual_mean_final", "wall_time_s",
-                "train_time_s", "resumed", "train_images_per_s", "device", "world_size", "threads", "torch", "git_sha"]
+                "train_time_s", "resumed", "train_images_per_s", "device", "world_size", "threads", "torch", "git_sha",
+                "git_sha_start"]
 
 
 def summary_key_order(exact: bool) -> list[str]:
@@ -135,6 +136,7 @@ def test_direct_route_and_dense_baseline(tmp_path, cifar_npz):
     assert s["params_decomposed"] == 121_242 and s["structural_residual_final"] == 0.0
     d = train(["+exp=cifar10/resnet20", f"data.root={cifar_npz}", *TINY], tmp_path / "dense")
     assert d["params_dense"] == d["params_decomposed"] == 269_722
+    assert d["lambda"] == 0.0  # no structured layer: no structural loss, whatever structure.lam says
     assert d["test_acc_dense"] == d["test_acc_decomposed"]
 
 
@@ -235,6 +237,7 @@ def test_killed_run_resumes_with_its_full_history(tmp_path, cifar_npz):
     a = json.loads((full / "summary.json").read_text())
     b = json.loads((killed / "summary.json").read_text())
     assert not a["resumed"] and b["resumed"]
+    assert b["git_sha_start"] == b["git_sha"]  # resumed on the code it started with (code.json)
     for key in ("test_acc_dense", "test_acc_projected", "test_acc_decomposed", "epochs", "config_hash", "run_hash"):
         assert a[key] == b[key], key
     assert abs(a["structural_residual_final"] - b["structural_residual_final"]) < 1e-6
@@ -244,6 +247,36 @@ def test_killed_run_resumes_with_its_full_history(tmp_path, cifar_npz):
         assert ra.keys() == rb.keys()
         for k in ra:
             assert abs(ra[k] - rb[k]) <= 1e-6 * max(1.0, abs(ra[k])), (ra["epoch"], k, ra[k], rb[k])
+
+
+def test_resume_is_refused_on_other_training_code(tmp_path, monkeypatch):
+    """A killed run resumes only on the training code it started with: code.json's fingerprint
+    (src/ and conf/, reports aside) is compared, and a difference is refused naming the files,
+    before anything is written. Runs of older code (no code.json) are not checked."""
+    from src import provenance, runs
+    from src.train import check_code_unchanged
+
+    now = provenance.code_fingerprint()
+    assert "src/pipeline.py" in now and "conf/train.yaml" in now
+    assert "src/tables.py" not in now and not any(k.startswith("src/bench/") for k in now)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    check_code_unchanged(run_dir)  # no code.json: an older run, not checked
+    (run_dir / "code.json").write_text(json.dumps({"git_sha": "a" * 40, "files": now}))
+    check_code_unchanged(run_dir)
+    old = {**now, "src/pipeline.py": "0" * 16, "src/gone.py": "1" * 16}
+    del old["conf/train.yaml"]
+    (run_dir / "code.json").write_text(json.dumps({"git_sha": "b" * 40, "files": old}))
+    with pytest.raises(runs.RunDirError) as e:
+        check_code_unchanged(run_dir)
+    msg = str(e.value)
+    for part in ("commit bbbbbbbbbbbb", "differs in 3 file(s)", "changed: src/pipeline.py", "added: conf/train.yaml",
+                 "removed: src/gone.py", "git worktree add ../at-bbbbbbb", "Nothing was changed on disk"):
+        assert part in msg, part
+    (run_dir / "code.json").write_text("{not json")
+    with pytest.raises(runs.RunDirError, match="cannot be read"):
+        check_code_unchanged(run_dir)
 
 
 @pytest.mark.slow
