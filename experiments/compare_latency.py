@@ -166,6 +166,7 @@ def main(argv=None) -> None:
         check_results_dir(args.out.parent, args.allow_dirty)
     except DirtyTreeError as e:
         sys.exit(f"error: {e}")
+    sha = git_sha()  # the code measured is the code at the start (later edits of the tree do not change it)
     batches, reps, min_time = ((2, 1), 2, 0.0) if args.quick else ((64, 1), args.reps, args.min_time)
     sources: dict = {}
     models = deployed_models(sources=sources)
@@ -179,7 +180,7 @@ def main(argv=None) -> None:
               if args.processes > 1 else "")
     doc = {"setup": f"eager channels_last, {args.threads} threads, default allocator, interleaved, "
                     f"best of {ROUNDS} rounds' medians; batches {', '.join(map(str, batches))}{spread}",
-           "git_sha": git_sha(), "torch": torch.__version__,
+           "git_sha": sha, "torch": torch.__version__,
            "date": datetime.date.today().isoformat(), "architectures": arch, "models": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

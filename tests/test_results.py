@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -36,3 +37,14 @@ def test_committed_runs_come_from_clean_commits_and_hold_every_epoch(profile):
         assert len(s["git_sha"]) == 40 and not s["git_sha"].endswith("-dirty"), summary
         epochs = [int(line.split(",", 1)[0]) for line in (summary.parent / "metrics.csv").read_text().splitlines()[1:]]
         assert epochs == list(range(s["epochs"])), summary  # every epoch exactly once
+
+
+def test_committed_measurements_come_from_clean_commits():
+    """The speed report and the comparison's latency file name the clean commit they measured."""
+    for report in sorted((ROOT / "results").glob("speed*.md")):
+        m = re.search(r"code at git `([0-9a-f]{40}[^`]*)`", report.read_text())
+        assert m and not m.group(1).endswith("-dirty"), report
+    for path in sorted((ROOT / "results").rglob("latency.json")):
+        doc = json.loads(path.read_text())
+        assert len(doc["git_sha"]) == 40 and not doc["git_sha"].endswith("-dirty"), path
+        assert set(doc["architectures"]) == {n for n in doc["models"] if not n.endswith("+plan")}, path
