@@ -116,7 +116,7 @@ def test_main_job_offline_stops_at_the_data_step_with_one_message(tmp_path):
     one clear message, no traceback, a non-zero exit."""
     out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--profile", "quick",
                           "--data", str(tmp_path / "nodata"), "--runs", str(tmp_path / "runs"),
-                          f"data.url={_closed_port_url()}"],
+                          "--collect", str(tmp_path / "collected"), f"data.url={_closed_port_url()}"],
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     text = out.stdout + out.stderr
