@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["NON_IDENTITY_KEYS", "identity", "config_hash", "diff", "check_run_dir", "RunDirError",
+__all__ = ["NON_IDENTITY_KEYS", "identity", "config_hash", "diff", "check_run_dir", "listing", "RunDirError",
            "run_suffix"]
 
 # Keys (dotted prefixes) that do not change what a run computes.
@@ -79,6 +79,12 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
+def listing(items: list[str], limit: int) -> str:
+    """`items` one per line (indented), the first `limit` of them and how many more."""
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "\n  ".join(items[:limit]) + more
+
+
 def check_run_dir(run_dir: Path, ident: dict[str, Any], config_name: str = "config.yaml") -> None:
     """Refuse (RunDirError) if `run_dir` already holds a run (a checkpoint or a summary) whose
     identity differs from `ident`; one with no readable config is refused too. A directory
@@ -98,7 +104,7 @@ def check_run_dir(run_dir: Path, ident: dict[str, Any], config_name: str = "conf
     if changes:
         finished = (run_dir / "summary.json").exists()
         state = "a finished run" if finished else "an unfinished run"
-        shown = "\n  ".join(changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
+        shown = listing(changes, 20)
         raise RunDirError(
             f"{run_dir} holds {state} with a different configuration; refusing to "
             f"{'report' if finished else 'resume'} it as this one. Differing keys (stored -> now):\n  "

@@ -91,7 +91,7 @@ def check_code_unchanged(run_dir: Path) -> None:
                                f"run started with; choose another hydra.run.dir") from None
     changes = provenance.code_changes(files, provenance.code_fingerprint())
     if changes:
-        shown = "\n  ".join(changes[:15]) + (f"\n  ... and {len(changes) - 15} more" if len(changes) > 15 else "")
+        shown = runs.listing(changes, 15)
         raise runs.RunDirError(
             f"{run_dir} is an unfinished run that started on other training code (commit {sha[:12]}); "
             f"refusing to resume it on this code, which differs in {len(changes)} file(s):\n  {shown}\n"
