@@ -184,6 +184,37 @@ def test_held_out_runs_get_official_robustness_per_run_and_lambda_sections(runs_
             "over 4 runs (1 better, 1 worse, 2 equal).") in md
 
 
+def test_claims_are_measured_from_the_rows_and_marked(runs_dir, tmp_path):
+    """The claims section: (a)/(b) gaps to dense paired by seed against their allowed drops, (c)
+    the largest change at projection + decomposition over every regularized run, (d) regularized
+    vs direct route paired by seed; each marked holds / fails from the figures, never by hand."""
+    dense = json.loads((runs_dir / "resnet20" / "seed0" / "summary.json").read_text())
+    for seed, acc in ((0, 60.0), (1, 62.0)):
+        dst = tmp_path / "runs" / f"dense{seed}"
+        shutil.copytree(runs_dir / "resnet20" / "seed0", dst)
+        (dst / "summary.json").write_text(json.dumps({**dense, "seed": seed, "test_acc_decomposed": acc}))
+    for seed, trained, acc in ((0, 59.55, 59.5), (1, 61.4, 61.5)):  # gaps -0.5, -0.5; changes -0.05, +0.1
+        _variant(runs_dir, tmp_path, f"a{seed}", seed=seed, test_acc_dense=trained, test_acc_projected=acc,
+                 test_acc_decomposed=acc)
+    for seed, acc in ((0, 59.0), (1, 62.0)):  # direct route: regularized minus direct = +0.5, -0.5
+        _variant(runs_dir, tmp_path, f"direct{seed}", seed=seed, route="direct", config_hash="directhash",
+                 test_acc_dense=acc, test_acc_projected=acc, test_acc_decomposed=acc)
+    _variant(runs_dir, tmp_path, "b0", model="struct_resnet20_b", config_hash="bhash", test_acc_dense=58.2,
+             test_acc_projected=58.0, test_acc_decomposed=58.0)  # gap -2.0 (fails 1.5), change -0.2
+    md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
+    claims = md.split("## Claims")[1].split("\n\n")[2].splitlines()[2:]
+    assert [c.split(" |")[0] for c in claims] == ["| (a)", "| (b)", "| (c)", "| (d)"], claims
+    assert claims[0].endswith("| -0.50 +- 0.00 (2 seeds) | holds |")
+    assert claims[1].endswith("| -2.00 (1 seed) | fails |")
+    assert "largest change -0.20 (struct_resnet20_b seed 0); 1 of 3 runs outside" in claims[2]
+    assert claims[2].endswith("| fails: 1 run loses more than 0.1 |")
+    assert claims[3].endswith("| +0.00 +- 0.71 (2 seeds) (within the seeds' spread) | fails |")
+    # without a dense baseline (a lambda sweep) there is nothing to claim
+    sweep = tmp_path / "sweep"
+    _variant(runs_dir, sweep, "lam1", tag="_lam1")
+    assert "## Claims" not in tables.write_tables(sweep / "runs", tmp_path / "out_sweep")[0].read_text()
+
+
 def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     """Runs with a compression `method` go to compare.md (not the main table): per method and
     target, accuracy, the paired gap to dense, mults / params ratios, latency from latency.json
@@ -222,6 +253,15 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     scratch = next(line for line in md.splitlines() if line.startswith("| structured, from scratch | A |"))
     assert "| 9.00 (0.90x); plan: 7.00 (0.70x) | 1.20 (1.20x); plan: 0.95 (0.95x) |" in scratch
     assert md.startswith("# CIFAR-10: structured convolutions vs pruning and SVD")
+    # the verdicts: at equal mults paired by seed (seed 0 only: the structured row has one seed), at
+    # equal latency against prune_l1 interpolated between its points (dense 10 ms / 61.0, A 6 ms / 59.5)
+    mine = json.loads((runs_dir / "struct_resnet20_a" / "seed0" / "summary.json").read_text())["test_acc_decomposed"]
+    verdict = md.split("## Verdict at equal multiplications")[1]
+    assert f"| A | structured, from scratch | prune_l1 | {mine - 58.0:+.2f} (1 seed) |" in verdict
+    at64, at1 = 59.5 + 1.5 * (7.0 - 6.0) / 4.0, 59.5 + 1.5 * (0.95 - 0.9) / 0.1
+    assert (f"| A | structured, from scratch | 64 | 7.00 (plan) | {mine:.2f} | prune_l1 | {at64:.2f} "
+            f"({mine - at64:+.2f}) | {'structured' if mine > at64 else 'prune_l1'} |") in verdict
+    assert f"| A | structured, from scratch | 1 | 0.95 (plan) | {mine:.2f} | prune_l1 | {at1:.2f} " in verdict
     again = tables.write_tables(tmp_path / "runs", tmp_path / "out2")
     for p, q in zip(written, again):
         assert p.read_bytes() == q.read_bytes(), p.name
@@ -235,3 +275,14 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     (tmp_path / "latency.json").write_text(json.dumps(lat))
     with pytest.raises(ValueError, match="measured prune_l1_a with 150,000 params and 18,000,000 mults"):
         tables.write_tables(tmp_path / "runs", tmp_path / "out4")
+
+
+def test_accuracy_at_a_latency_is_read_off_the_measured_frontier():
+    """Equal-latency comparison: linear between measured points on the accuracy-latency frontier
+    (a point slower and less accurate than another is dropped), the best point beyond the slowest,
+    nothing below the fastest."""
+    points = [(10.0, 61.0), (6.0, 59.5), (11.0, 60.0)]
+    assert tables._at_latency(points, 7.0) == pytest.approx(59.875)
+    assert tables._at_latency(points, 10.5) == 61.0  # (11, 60) is off the frontier
+    assert tables._at_latency(points, 20.0) == 61.0
+    assert tables._at_latency(points, 5.0) is None
