@@ -29,6 +29,8 @@ initialisation. The CIFAR models have no published weights.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import socket
 from pathlib import Path
@@ -38,7 +40,7 @@ import torch
 from torch import nn
 
 __all__ = ["read_weights", "mismatch", "load_weights", "pretrained_state_dict", "load_pretrained", "init_model",
-           "PRETRAINED"]
+           "origin", "PRETRAINED"]
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +226,26 @@ def init_model(model: nn.Module, cfg: Any, model_name: str) -> str | None:
         entry = get_entry(model_name)
         return load_pretrained(model, entry.dense_name or model_name)
     return None
+
+
+def origin(path: str | Path) -> dict[str, str]:
+    """Where a run's starting weights came from, for its summary: ``init_from_sha256`` (the file's
+    bytes) and, when the file sits in a finished run of this pipeline (``deploy.pt`` beside, or
+    ``checkpoints/last.ckpt`` under, a ``summary.json``), ``init_from_run``: that run's
+    ``<config_hash> seed <seed> at <git_sha>``, which names the committed run it started from."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    found = {"init_from_sha256": digest.hexdigest()}
+    for run_dir in (path.parent, path.parent.parent):
+        summary = run_dir / "summary.json"
+        if summary.is_file():
+            try:
+                s = json.loads(summary.read_text())
+                found["init_from_run"] = f"{s['config_hash']} seed {s['seed']} at {s['git_sha']}"
+            except (ValueError, KeyError):
+                pass  # not a summary of this pipeline: the digest alone identifies the file
+            break
+    return found

@@ -38,6 +38,7 @@ from src import runs
 from src import summary as schema
 from src.compress import compress as compress_model
 from src.init_from import init_model
+from src.init_from import origin as init_origin
 from src.lit import ClassificationModule, SegmentationModule, recalibrate_bn
 from src.lit.module import StructuredModule
 from src.models import create_model, get_entry
@@ -366,6 +367,8 @@ def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | N
     init_from, method = cfg.model.get("init_from"), (cfg.model.get("compress") or {}).get("method")
     if init_from or cfg.model.get("pretrained"):
         values["init_from"] = str(init_from) if init_from else "pretrained"
+        if init_from:
+            values.update(init_origin(init_from))
     if method:
         uncompressed = create_model(cfg.model.name, num_classes=job.num_classes, **(cfg.model.kwargs or {}))
         values.update(method=method, target_mults_ratio=cfg.model.compress.mults_ratio, achieved_mults_ratio=round(

@@ -77,6 +77,9 @@ FIELDS: tuple[Field, ...] = (
     Field("init_from", _STR, "model.init_from: the weights the run started from (a Lightning checkpoint, a dense "
                              "run's deploy.pt or a state_dict file; 'pretrained' for model.pretrained=true); absent "
                              "for a random initialisation", required=False, new=True),
+    Field("init_from_sha256", _STR, "sha256 of the init_from file's bytes", required=False, new=True),
+    Field("init_from_run", _STR, "the run init_from belongs to (its summary.json beside the file): "
+                                 "'<config_hash> seed <seed> at <git_sha>'", required=False, new=True),
     Field("method", _STR, "model.compress.method: how the model was compressed before training (src/compress: "
                           "structured, prune_l1, svd_weight, svd_spatial); absent without compression",
           required=False, new=True),

@@ -665,6 +665,23 @@ def _verdict(rows: dict[str, list[dict]], refs: dict[str, list[dict]], dense: li
     return lines
 
 
+def _starting_points(runs: list[dict], dense: list[dict]) -> list[str]:
+    """Whether every compression run started from the dense run of its own seed in this table
+    (`init_from_run` in its summary), which the paired gaps to dense assume."""
+    ids = {f"{s.get('config_hash')} seed {s['seed']}": s["seed"] for s in dense}
+    unknown = [s for s in runs if not s.get("init_from_run")]
+    other = [s for s in runs if s.get("init_from_run")
+             and ids.get(s["init_from_run"].split(" at ")[0]) != s["seed"]]
+    named = ", ".join(f"{_compare_key(s)} seed {s['seed']}" for s in other)
+    text = ("Starting points: " + (f"{len(runs) - len(unknown) - len(other)} of {len(runs)} runs started from the "
+                                   "dense run of their seed in this table (`init_from_run`)"))
+    if unknown:
+        text += f"; {len(unknown)} do not record it"
+    if other:
+        text += f". **Warning**: {named} started from a run that is not this table's dense run of its seed"
+    return ["", text + "."]
+
+
 def compare_table(runs: list[dict], reference: list[dict], lat: dict) -> str:
     """results/<profile>/compare.md: every compression method and target (runs with `method`),
     beside the from-scratch structured models and the dense baseline of the same protocol."""
@@ -732,6 +749,7 @@ def compare_table(runs: list[dict], reference: list[dict], lat: dict) -> str:
     for key in others:
         lines.append(line(rows[key][0]["method"], f"{rows[key][0]['target_mults_ratio']:g}", rows[key], key))
     lines += _verdict(rows, refs, dense, lat)
+    lines += _starting_points(runs, dense)
     lines += ["", "Targets: A = the mults ratio of struct_resnet20_a (decomposed) to resnet20, B = that of "
               "struct_resnet20_b; each method meets its target within 2 % (`achieved_mults_ratio` in summary.json).",
               "", "Plots: `compare_acc_vs_macs.png`, `compare_acc_vs_latency.png`.", "",

@@ -4,6 +4,7 @@ struct_* and compressed models from a dense run and records it in summary.json."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from src.deploy import load_deploy
-from src.init_from import init_model, load_weights, read_weights
+from src.init_from import init_model, load_weights, origin, read_weights
 from src.models import create_model
 from src.pipeline import build_model
 from src.structured import StructuredConv2d, structured_layers
@@ -166,6 +167,14 @@ def test_a_compressed_fine_tuning_run_records_method_target_and_origin(dense_run
     assert s["achieved_mults_ratio"] == round(18_268_800 / 40_551_040, 6)
     assert abs(s["test_acc_decomposed"] - s["test_acc_projected"]) <= 100 / 128 + 1e-9
     assert json.loads((run_dir / "summary.json").read_text()) == s
+    # the origin: the file's digest and the run it belongs to (the summary two levels up)
+    dense = json.loads((dense_run / "summary.json").read_text())
+    assert s["init_from_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert s["init_from_run"] == f"{dense['config_hash']} seed {dense['seed']} at {dense['git_sha']}"
+    assert origin(dense_run / "deploy.pt")["init_from_run"] == s["init_from_run"]
+    loose = tmp_path / "loose.pt"
+    torch.save(create_model("resnet20").state_dict(), loose)
+    assert set(origin(loose)) == {"init_from_sha256"}
     from src import summary
 
     summary.validate(s, "classification")
@@ -173,4 +182,5 @@ def test_a_compressed_fine_tuning_run_records_method_target_and_origin(dense_run
     assert keys.index("train_images") < keys.index("init_from") < keys.index("method") < keys.index("test_acc_dense")
     # a plain run writes none of the new keys
     dense = json.loads((dense_run / "summary.json").read_text())
-    assert not {"init_from", "method", "target_mults_ratio", "achieved_mults_ratio"} & set(dense)
+    assert not {"init_from", "init_from_sha256", "init_from_run", "method", "target_mults_ratio",
+                "achieved_mults_ratio"} & set(dense)

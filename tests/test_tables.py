@@ -231,6 +231,7 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
         (dst / "summary.json").write_text(json.dumps({
             **dense, **extra, "seed": seed, "test_acc_decomposed": acc, "tag": "_prune_l1_a", "method": "prune_l1",
             "target_mults_ratio": 0.45, "achieved_mults_ratio": 0.451, "init_from": f"runs/dense/seed{seed}/deploy.pt",
+            "init_from_run": f"{dense['config_hash']} seed 0 at {'0' * 40}",  # seed 1 from the wrong run
             "mults_decomposed": 18_300_000, "params_decomposed": 150_000, "config_hash": "prunehash"}))
     _variant(runs_dir, tmp_path, "struct_a", **extra)  # the from-scratch structured row beside them
     (tmp_path / "latency.json").write_text(json.dumps({"setup": "eager channels_last, 2 threads", "models": {
@@ -253,6 +254,8 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     scratch = next(line for line in md.splitlines() if line.startswith("| structured, from scratch | A |"))
     assert "| 9.00 (0.90x); plan: 7.00 (0.70x) | 1.20 (1.20x); plan: 0.95 (0.95x) |" in scratch
     assert md.startswith("# CIFAR-10: structured convolutions vs pruning and SVD")
+    assert ("Starting points: 1 of 2 runs started from the dense run of their seed in this table (`init_from_run`). "
+            "**Warning**: prune_l1_a seed 1 started from a run that is not this table's dense run of its seed.") in md
     # the verdicts: at equal mults paired by seed (seed 0 only: the structured row has one seed), at
     # equal latency against prune_l1 interpolated between its points (dense 10 ms / 61.0, A 6 ms / 59.5)
     mine = json.loads((runs_dir / "struct_resnet20_a" / "seed0" / "summary.json").read_text())["test_acc_decomposed"]
