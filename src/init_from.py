@@ -229,23 +229,23 @@ def init_model(model: nn.Module, cfg: Any, model_name: str) -> str | None:
 
 
 def origin(path: str | Path) -> dict[str, str]:
-    """Where a run's starting weights came from, for its summary: ``init_from_sha256`` (the file's
-    bytes) and, when the file sits in a finished run of this pipeline (``deploy.pt`` beside, or
-    ``checkpoints/last.ckpt`` under, a ``summary.json``), ``init_from_run``: that run's
-    ``<config_hash> seed <seed> at <git_sha>``, which names the committed run it started from."""
+    """Where a run's starting weights came from, recorded when the run starts (code.json, then
+    summary.json): ``init_from_sha256`` (the file's bytes) and, when the file belongs to a finished
+    run of this pipeline (its ``deploy.pt``, or its ``checkpoints/*.ckpt``, beside that run's
+    ``summary.json``), ``init_from_run``: ``<config_hash> seed <seed> at <git_sha>`` of that run,
+    which names the committed run it started from."""
     path = Path(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     found = {"init_from_sha256": digest.hexdigest()}
-    for run_dir in (path.parent, path.parent.parent):
-        summary = run_dir / "summary.json"
-        if summary.is_file():
-            try:
-                s = json.loads(summary.read_text())
-                found["init_from_run"] = f"{s['config_hash']} seed {s['seed']} at {s['git_sha']}"
-            except (ValueError, KeyError):
-                pass  # not a summary of this pipeline: the digest alone identifies the file
-            break
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            s = json.loads(summary.read_text())
+            found["init_from_run"] = f"{s['config_hash']} seed {s['seed']} at {s['git_sha']}"
+        except (ValueError, KeyError, TypeError):
+            pass  # not a summary of this pipeline: the digest alone identifies the file
     return found

@@ -223,7 +223,10 @@ def fit(job: Job) -> None:
     if trainer.is_global_zero and not job.last_ckpt.exists():  # a new run (or one with no checkpoint yet)
         (job.run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (job.run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(job.overrides)))
-        (job.run_dir / CODE).write_text(json.dumps({"git_sha": git_sha(), "files": code_fingerprint()}, indent=1))
+        start = {"git_sha": git_sha(), "files": code_fingerprint()}
+        if cfg.model.get("init_from"):  # the bytes it starts from, and their run (read back into summary.json)
+            start["init_from"] = init_origin(cfg.model.init_from)
+        (job.run_dir / CODE).write_text(json.dumps(start, indent=1))
     job.resumed = job.last_ckpt.exists()
     if job.resumed:
         log.info("resuming %s", job.last_ckpt)
@@ -367,8 +370,6 @@ def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | N
     init_from, method = cfg.model.get("init_from"), (cfg.model.get("compress") or {}).get("method")
     if init_from or cfg.model.get("pretrained"):
         values["init_from"] = str(init_from) if init_from else "pretrained"
-        if init_from:
-            values.update(init_origin(init_from))
     if method:
         uncompressed = create_model(cfg.model.name, num_classes=job.num_classes, **(cfg.model.kwargs or {}))
         values.update(method=method, target_mults_ratio=cfg.model.compress.mults_ratio, achieved_mults_ratio=round(
@@ -398,7 +399,9 @@ def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | N
         "threads": torch.get_num_threads(), "torch": torch.__version__, "git_sha": git_sha(),
     })
     if (job.run_dir / CODE).exists():
-        values["git_sha_start"] = json.loads((job.run_dir / CODE).read_text())["git_sha"]
+        start = json.loads((job.run_dir / CODE).read_text())
+        values["git_sha_start"] = start["git_sha"]
+        values.update(start.get("init_from") or {})  # init_from_sha256 / _run, taken when the run started
     return schema.assemble(job.task, values)
 
 

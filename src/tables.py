@@ -290,21 +290,37 @@ DECOMPOSITION_TOLERANCE = 0.1  # claim (c): points of accuracy the projection + 
 
 
 def _paired(g: list[dict], base: list[dict], key: str) -> list[float]:
-    """Per-seed differences g - base over the seeds both have."""
+    """Per-seed differences g - base over the seeds both have (each list one configuration: a
+    repeated seed is an error, never a silent choice)."""
+    for runs in (g, base):
+        seeds = [s["seed"] for s in runs]
+        if len(seeds) != len(set(seeds)):
+            raise ValueError(f"runs of {runs[0]['model']} repeat a seed ({sorted(seeds)}): pairing by seed needs "
+                             f"one configuration")
     by_seed = {s["seed"]: s[key] for s in base}
     return [s[key] - by_seed[s["seed"]] for s in g if s["seed"] in by_seed]
 
 
+def _r2(v: float) -> float:
+    """A figure as displayed (2 decimals): outcomes are decided on what the table shows, so float
+    noise in a mean cannot flip one."""
+    return round(v + 0.0, 2) + 0.0
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def _tolerance_outcome(outside: list[float]) -> str:
     """Claim (c)'s outcome from the changes beyond the tolerance: a change either way fails it as
-    stated, and the outcome says whether any run lost accuracy."""
+    stated, and the outcome says how many runs lost and how many gained."""
     if not outside:
         return "holds"
-    losses = [v for v in outside if v < 0]
+    losses, gains = sum(v < 0 for v in outside), sum(v > 0 for v in outside)
     if not losses:
-        return f"fails as stated: no run loses more than {DECOMPOSITION_TOLERANCE:g}; {len(outside)} gain more"
-    verb = "runs lose" if len(losses) > 1 else "run loses"
-    return f"fails: {len(losses)} {verb} more than {DECOMPOSITION_TOLERANCE:g}"
+        return f"fails as stated: no run loses more than {DECOMPOSITION_TOLERANCE:g}; {gains} {'gain' if gains > 1 else 'gains'} more"
+    text = f"fails: {losses} {'runs lose' if losses > 1 else 'run loses'} more than {DECOMPOSITION_TOLERANCE:g}"
+    return text + (f", {gains} {'gain' if gains > 1 else 'gains'} more" if gains else "")
 
 
 def _claims(items: list[tuple], metric: str) -> list[str]:
@@ -313,57 +329,69 @@ def _claims(items: list[tuple], metric: str) -> list[str]:
     per-seed gaps), (c) projection + decomposition changing accuracy by at most 0.1 points in every
     regularized run, (d) the regularized route against training the decomposed architecture
     directly (the paper's ablation: regularized better). Evaluated per recipe (profile, epochs,
-    data); nothing when the table has no structured model with its dense baseline."""
+    data); a model with several configurations in one recipe (e.g. two lambdas) is left out, with
+    a note, rather than mixed. Nothing when the table has no structured model with its dense baseline."""
     key = f"test_{metric}_decomposed"
-    by: dict[tuple, list[dict]] = {}
-    for (_, model, route, tag, _, _), g in items:
+    by: dict[tuple, dict[str, list[dict]]] = defaultdict(dict)
+    for (_, model, route, tag, _, cfg), g in items:
         if tag:
             continue  # tagged rows (a sweep's lambdas) are experiments, not the claims' configuration
-        by.setdefault((model, route, _recipe(g[0])), []).extend(g)
+        by[(model, route, _recipe(g[0]))][cfg] = g
+    ambiguous = sorted({f"{m} ({route})" for (m, route, _), cfgs in by.items() if len(cfgs) > 1})
     recipes = sorted({r for _, _, r in by}, key=str)
-    rows: list[tuple[int, str, str]] = []  # (recipe, claim, row)
+    found: list[tuple[int, str, str]] = []  # (recipe index, claim, "statement | measured | outcome |")
     for i, recipe in enumerate(recipes):
-        where = f" ({recipe[0] or 'custom'}, {recipe[2]} epochs)" if len(recipes) > 1 else ""
 
         def get(model, route="regularized"):
-            return sorted(by.get((model, route, recipe), []), key=lambda s: s["seed"])
+            cfgs = by.get((model, route, recipe), {})
+            return sorted(next(iter(cfgs.values())), key=lambda s: s["seed"]) if len(cfgs) == 1 else []
 
-        def seeds(n: int) -> str:
-            return f"{n} seed{'s' if n > 1 else ''}"
-
+        gaps_here = False
         for label, model, dense, drop in GAP_CLAIMS:
             diffs = _paired(get(model), get(dense), key)
             if diffs:
-                rows.append((i, label, f"| ({label}){where} | {model} within {drop:g} point{'s' if drop != 1 else ''} "
-                                       f"of {dense} | {_signed(diffs)} ({seeds(len(diffs))}) "
-                                       f"| {'holds' if statistics.mean(diffs) >= -drop else 'fails'} |"))
-        reg, direct = get("struct_resnet20_a"), get("struct_resnet20_a", "direct")
-        diffs = _paired(reg, direct, key)
+                gaps_here = True
+                found.append((i, label, f"{model} within {drop:g} point{'s' if drop != 1 else ''} of {dense} "
+                                        f"| {_signed(diffs)} ({_seeds(len(diffs))}) "
+                                        f"| {'holds' if _r2(statistics.mean(diffs)) >= -drop else 'fails'} |"))
+        diffs = _paired(get("struct_resnet20_a"), get("struct_resnet20_a", "direct"), key)
         if diffs:
-            mean = statistics.mean(diffs)
+            mean = _r2(statistics.mean(diffs))
             noise = " (within the seeds' spread)" if len(diffs) > 1 and abs(mean) <= statistics.stdev(diffs) else ""
-            rows.append((i, "d", f"| (d){where} | struct_resnet20_a: the regularized route beats training the "
-                                 f"decomposed architecture directly | {_signed(diffs)} ({seeds(len(diffs))}){noise} "
-                                 f"| {'holds' if mean > 0 else 'fails'} |"))
-        runs = [s for (m, route, r), g in sorted(by.items(), key=lambda kv: str(kv[0]))
-                if r == recipe and route == "regularized" and get_entry(m).variant for s in g]
-        if runs and any(r[0] == i for r in rows):
-            change = {(s["model"], s["seed"]): s[key] - s[f"test_{metric}_dense"] for s in runs}
-            worst = max(change, key=lambda k: abs(change[k]))
-            outside = [k for k, v in change.items() if abs(v) > DECOMPOSITION_TOLERANCE + 1e-9]
+            found.append((i, "d", f"struct_resnet20_a: the regularized route beats training the decomposed "
+                                  f"architecture directly | {_signed(diffs)} ({_seeds(len(diffs))}){noise} "
+                                  f"| {'holds' if mean > 0 else 'fails' if mean < 0 else 'fails (a tie)'} |"))
+        runs = [s for (m, route, r), cfgs in sorted(by.items(), key=lambda kv: str(kv[0]))
+                if r == recipe and route == "regularized" and get_entry(m).variant
+                for _, g in sorted(cfgs.items()) for s in g]
+        if runs and gaps_here:
+            change = [(_r2(s[key] - s[f"test_{metric}_dense"]), s["model"], s["seed"]) for s in runs]
+            worst = max(change, key=lambda c: abs(c[0]))
+            outside = [c[0] for c in change if abs(c[0]) > DECOMPOSITION_TOLERANCE]
             exact = max(abs(s[key] - s[f"test_{metric}_projected"]) for s in runs)
-            rows.append((i, "c", f"| (c){where} | projection + decomposition changes accuracy by at most "
-                                 f"{DECOMPOSITION_TOLERANCE:g} points in every regularized run | largest change "
-                                 f"{change[worst]:+.2f} ({worst[0]} seed {worst[1]}); {len(outside)} of {len(change)} "
-                                 f"runs outside; decomposed minus projected at most {exact:.2f} "
-                                 f"| {_tolerance_outcome([change[k] for k in outside])} |"))
-    if not rows:
+            found.append((i, "c", f"projection + decomposition changes accuracy by at most "
+                                  f"{DECOMPOSITION_TOLERANCE:g} points in every regularized run | largest change "
+                                  f"{worst[0]:+.2f} ({worst[1]} seed {worst[2]}); {len(outside)} of {len(change)} "
+                                  f"runs outside; decomposed minus projected at most {exact:.2f} "
+                                  f"| {_tolerance_outcome(outside)} |"))
+    if not found:
         return []
+    shown = sorted({i for i, *_ in found})
+
+    def where(i: int) -> str:
+        profile, _, epochs, train, _, eval_set = recipes[i]
+        return (f" ({profile or 'custom'}, {epochs} epochs, train {train or 'all'}, eval {eval_set})"
+                if len(shown) > 1 else "")
+
+    order = {c: n for n, c in enumerate("abcde")}
+    rows = [f"| ({c}){where(i)} | {text}" for i, c, text in sorted(found, key=lambda f: (f[0], order[f[1]]))]
+    note = (["", f"Left out of the claims: {', '.join(ambiguous)}, which the table holds in more than one "
+             f"configuration of one recipe (see the rows' hashes)."] if ambiguous else [])
     return ["", "## Claims", "",
             "Measured from the rows above (decomposed models on the primary set, final epoch; differences "
-            "paired by seed: mean +- std). A gap claim holds when the mean gap is no worse than the allowed drop; "
-            "(c) counts every regularized structured run (trained -> projected -> decomposed).", "",
-            "| claim | statement | measured | outcome |", "|---|---|---|---|", *(r for *_, r in sorted(rows))]
+            "paired by seed: mean +- std). A gap claim holds when the mean gap, as shown, is no worse than the "
+            "allowed drop; (c) counts every regularized structured run (trained -> projected -> decomposed).", "",
+            "| claim | statement | measured | outcome |", "|---|---|---|---|", *rows, *note]
 
 
 def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
@@ -379,10 +407,11 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
     profiles = sorted({s.get("profile", "") or "custom" for s in runs})
     devices = sorted({f"{s.get('device', '?')} x{s.get('world_size', 1)}, {s.get('threads', '?')} threads, torch {s.get('torch', '?')}" for s in runs})
     shas = sorted({s.get("git_sha", "?") for s in runs})
-    baseline: dict[tuple, list[dict]] = defaultdict(list)
+    baseline: dict[tuple, list[dict]] = {}
     for (_, model, route, *_), g in items:
         if not get_entry(model).variant and route == "regularized":
-            baseline[(model, _recipe(g[0]))] += g
+            # one dense configuration per recipe; with several the gap would be ambiguous: none ("-")
+            baseline[(model, _recipe(g[0]))] = [] if (model, _recipe(g[0])) in baseline else g
     extra_head = "official exact (dec) | official JPEG (dec)" if official else "exact-subset (dec)"
     lines = [
         f"# {dataset}: structured vs dense (generated)",
@@ -579,7 +608,7 @@ def _fastest(lat: dict, name: str, batch: int) -> tuple[float, str] | None:
     eager deploy plan (both exact), and which one."""
     models = lat.get("models") or {}
     found = [(models[n][f"batch{batch}"]["ms"], how) for n, how in ((name, "plain"), (f"{name}+plan", "plan"))
-             if models.get(n, {}).get(f"batch{batch}")]
+             if (models.get(n, {}).get(f"batch{batch}") or {}).get("ms") is not None]
     return min(found) if found else None
 
 
@@ -603,65 +632,85 @@ def _verdict(rows: dict[str, list[dict]], refs: dict[str, list[dict]], dense: li
     """The paper's claim (structured at least as accurate as pruning / SVD at the same cost), per
     target: at equal mults (the rows are built to equal mults; accuracy differences paired by seed)
     and at equal measured latency (each baseline's accuracy at the structured model's latency,
-    interpolated on its measured accuracy-latency points: dense and its targets)."""
+    interpolated on its measured accuracy-latency points: dense and its targets; and, free of any
+    interpolation, which measured points dominate which)."""
     acc = "test_acc_decomposed"
-    if not dense:
-        return []
-    dense_acc = statistics.mean(s[acc] for s in dense)
+    models = lat.get("models") or {}
     baselines = sorted({g[0]["method"] for g in rows.values() if g[0]["method"] != "structured"})
     structured = [(f"{name}_{t}", label, t) for t in ("a", "b")
                   for name, label in (("structured", "structured, fine-tuned"), ("struct_resnet20", "structured, from scratch"))]
+
+    def mean_acc(g: list[dict]) -> float:
+        return statistics.mean(s[acc] for s in g)
+
     macs, speed = [], []
     for name, label, t in structured:
         g = rows.get(name) or refs.get(name) or []
         if not g:
             continue
-        mean = statistics.mean(s[acc] for s in g)
+        mine_acc = mean_acc(g)
         for m in baselines:
-            other = rows.get(f"{m}_{t}")
-            if not other:
-                continue
-            diffs = _paired(g, other, acc)
+            diffs = _paired(g, rows.get(f"{m}_{t}", []), acc)
             if diffs:
-                d = statistics.mean(diffs)
+                d = _r2(statistics.mean(diffs))
                 spread = " (within the seeds' spread)" if len(diffs) > 1 and abs(d) <= statistics.stdev(diffs) else ""
-                macs.append(f"| {t.upper()} | {label} | {m} | {_signed(diffs)} ({len(diffs)} seed{'s' if len(diffs) > 1 else ''})"
-                            f"{spread} | {'structured' if d > 0 else m if d < 0 else 'tie'} |")
+                macs.append(f"| {t.upper()} | {label} | {m} | {_signed(diffs)} ({_seeds(len(diffs))}){spread} "
+                            f"| {'structured' if d > 0 else m if d < 0 else 'tie'} |")
         for batch in (64, 1):
             mine = _fastest(lat, name, batch)
             if mine is None:
                 continue
+            dense_ms = (models.get("resnet20", {}).get(f"batch{batch}") or {}).get("ms") if dense else None
             for m in baselines:
-                pts = [(r["ms"], dense_acc)] if (r := (lat.get("models") or {}).get("resnet20", {}).get(f"batch{batch}")) else []
-                for tt in ("a", "b"):
-                    ms = _fastest(lat, f"{m}_{tt}", batch)
-                    if ms and rows.get(f"{m}_{tt}"):
-                        pts.append((ms[0], statistics.mean(s[acc] for s in rows[f"{m}_{tt}"])))
-                if len(pts) < 2:
+                measured = [(tt.upper(), *ms, mean_acc(rows[f"{m}_{tt}"])) for tt in ("a", "b")
+                            if rows.get(f"{m}_{tt}") and (ms := _fastest(lat, f"{m}_{tt}", batch))]
+                if not measured:
                     continue
+                pts = [(ms, a) for _, ms, _, a in measured] + ([(dense_ms, mean_acc(dense))] if dense_ms else [])
+                pareto = []
+                for target, ms, _, a in measured:
+                    if (ms, a) != (mine[0], mine_acc) and ms <= mine[0] and _r2(a) >= _r2(mine_acc):
+                        pareto.append(f"{m} {target} dominates")
+                    elif (ms, a) != (mine[0], mine_acc) and mine[0] <= ms and _r2(mine_acc) >= _r2(a):
+                        pareto.append(f"dominates {m} {target}")
                 theirs = _at_latency(pts, mine[0])
                 if theirs is None:
-                    outcome = f"structured (no {m} point as fast: fastest {min(p[0] for p in pts):.2f} ms)"
                     cell = "-"
+                    outcome = f"no comparison: faster than every {m} point (fastest {min(p[0] for p in pts):.2f} ms)"
                 else:
-                    outcome = "structured" if mean > theirs else m if mean < theirs else "tie"
-                    cell = f"{theirs:.2f} ({mean - theirs:+.2f})"
-                speed.append(f"| {t.upper()} | {label} | {batch} | {mine[0]:.2f} ({mine[1]}) | {mean:.2f} | {m} | {cell} "
-                             f"| {outcome} |")
+                    cell = f"{theirs:.2f} ({mine_acc - theirs:+.2f})"
+                    d = _r2(mine_acc - theirs)
+                    if d > 0:
+                        outcome = "structured"
+                    elif d == 0:
+                        outcome = "tie"
+                    elif dense_ms is not None and mine[0] >= dense_ms:
+                        outcome = "the dense model (as fast or faster, more accurate)"
+                    else:
+                        outcome = m
+                speed.append(f"| {t.upper()} | {label} | {batch} | {mine[0]:.2f} ({mine[1]}) | {mine_acc:.2f} | {m} "
+                             f"| {cell} | {'; '.join(pareto) or '-'} | {outcome} |")
     lines = []
     if macs:
         lines += ["", "## Verdict at equal multiplications", "",
-                  "Structured minus the baseline at the same target (mults within 2 %), primary set, paired by seed.",
-                  "", "| target | structured | baseline | accuracy difference | more accurate |", "|---|---|---|---:|---|",
+                  "Structured minus the baseline at the same target (mults within 2 %), primary set, paired by seed. "
+                  "The fine-tuned structured rows start from the same dense run and fine-tune as long as the "
+                  "baselines; the from-scratch rows are the reproduction's, trained from random weights for its "
+                  "full schedule.", "",
+                  "| target | structured | baseline | accuracy difference | more accurate |", "|---|---|---|---:|---|",
                   *macs]
     if speed:
         lines += ["", "## Verdict at equal measured latency", "",
                   "The structured model's latency (the faster of its plain deployment and its eager deploy plan) and "
                   "each baseline's accuracy at that latency, interpolated linearly between the baseline's measured "
-                  "points (the dense model and its targets, on its accuracy-latency frontier; beyond its slowest "
-                  "point, its best). In brackets: structured minus it.", "",
+                  "points (its targets and the dense model, on its accuracy-latency frontier; beyond its slowest "
+                  "point, its best; in brackets, structured minus it). Each point is the mean over its own seeds "
+                  "(target B: seed 0 only). A straight line between two points understates a baseline whose "
+                  "accuracy-latency curve is concave, which favours structured; the Pareto column needs no "
+                  "interpolation: a measured point that is at least as fast and as accurate dominates.", "",
                   "| target | structured | batch | structured ms | structured accuracy | baseline "
-                  "| baseline accuracy at that latency | more accurate |", "|---|---|---:|---:|---:|---|---:|---|", *speed]
+                  "| baseline accuracy at that latency | Pareto (measured points) | more accurate |",
+                  "|---|---|---:|---:|---:|---|---:|---|---|", *speed]
     return lines
 
 
@@ -676,7 +725,7 @@ def _starting_points(runs: list[dict], dense: list[dict]) -> list[str]:
     text = ("Starting points: " + (f"{len(runs) - len(unknown) - len(other)} of {len(runs)} runs started from the "
                                    "dense run of their seed in this table (`init_from_run`)"))
     if unknown:
-        text += f"; {len(unknown)} do not record it"
+        text += f"; {len(unknown)} {'do' if len(unknown) > 1 else 'does'} not record it"
     if other:
         text += f". **Warning**: {named} started from a run that is not this table's dense run of its seed"
     return ["", text + "."]
@@ -691,6 +740,14 @@ def compare_table(runs: list[dict], reference: list[dict], lat: dict) -> str:
     refs: dict[str, list[dict]] = defaultdict(list)
     for s in reference:
         refs[s["model"] + ("_direct" if s.get("route") == "direct" else "")].append(s)
+    for name, g in [*rows.items(), *refs.items()]:  # a row is one configuration: each seed once
+        seen: dict[int, Path] = {}
+        for s in g:
+            if s["seed"] in seen:
+                raise ValueError(f"compare.md row {name}: two runs with seed {s['seed']}: {seen[s['seed']]} and "
+                                 f"{s.get('_dir')}; keep one configuration per method and target (move the other "
+                                 f"out of the runs folder)")
+            seen[s["seed"]] = s.get("_dir")
     dense = sorted(refs.get("resnet20", []), key=lambda s: s["seed"])
     shas = sorted({s.get("git_sha", "?") for s in runs + reference})
     epochs = sorted({s["epochs"] for s in runs})

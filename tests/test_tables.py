@@ -208,7 +208,13 @@ def test_claims_are_measured_from_the_rows_and_marked(runs_dir, tmp_path):
     assert claims[1].endswith("| -2.00 (1 seed) | fails |")
     assert "largest change -0.20 (struct_resnet20_b seed 0); 1 of 3 runs outside" in claims[2]
     assert claims[2].endswith("| fails: 1 run loses more than 0.1 |")
-    assert claims[3].endswith("| +0.00 +- 0.71 (2 seeds) (within the seeds' spread) | fails |")
+    assert claims[3].endswith("| +0.00 +- 0.71 (2 seeds) (within the seeds' spread) | fails (a tie) |")
+    # a second configuration of struct_resnet20_b in the same recipe: left out of the claims, named
+    _variant(runs_dir, tmp_path, "b0_other", model="struct_resnet20_b", config_hash="bhash2", **{"lambda": 0.5})
+    md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
+    claims = md.split("## Claims")[1]
+    assert "| (b)" not in claims and "Left out of the claims: struct_resnet20_b (regularized)" in claims
+    assert "| (a)" in claims
     # without a dense baseline (a lambda sweep) there is nothing to claim
     sweep = tmp_path / "sweep"
     _variant(runs_dir, sweep, "lam1", tag="_lam1")
@@ -262,8 +268,9 @@ def test_compression_runs_get_their_own_comparison_table(runs_dir, tmp_path):
     verdict = md.split("## Verdict at equal multiplications")[1]
     assert f"| A | structured, from scratch | prune_l1 | {mine - 58.0:+.2f} (1 seed) |" in verdict
     at64, at1 = 59.5 + 1.5 * (7.0 - 6.0) / 4.0, 59.5 + 1.5 * (0.95 - 0.9) / 0.1
+    assert mine < 58.0  # a tiny fixture run: the measured prune_l1 A point is faster and more accurate
     assert (f"| A | structured, from scratch | 64 | 7.00 (plan) | {mine:.2f} | prune_l1 | {at64:.2f} "
-            f"({mine - at64:+.2f}) | {'structured' if mine > at64 else 'prune_l1'} |") in verdict
+            f"({mine - at64:+.2f}) | prune_l1 A dominates | prune_l1 |") in verdict
     assert f"| A | structured, from scratch | 1 | 0.95 (plan) | {mine:.2f} | prune_l1 | {at1:.2f} " in verdict
     again = tables.write_tables(tmp_path / "runs", tmp_path / "out2")
     for p, q in zip(written, again):
@@ -289,3 +296,28 @@ def test_accuracy_at_a_latency_is_read_off_the_measured_frontier():
     assert tables._at_latency(points, 10.5) == 61.0  # (11, 60) is off the frontier
     assert tables._at_latency(points, 20.0) == 61.0
     assert tables._at_latency(points, 5.0) is None
+
+
+def _s(seed: int, acc: float, method: str | None = None, model: str = "resnet20") -> dict:
+    return {"seed": seed, "test_acc_decomposed": acc, "model": model, **({"method": method} if method else {})}
+
+
+def test_verdicts_name_the_dense_model_ties_and_points_they_cannot_compare():
+    """Equal-latency verdicts: a structured model slower than dense loses to the dense model (named
+    as such, not credited to the baseline); one faster than every baseline point is no comparison
+    (not a win); a gap that shows as 0.00 is a tie whatever the float noise; equal-mults verdicts
+    need no dense run."""
+    dense = [_s(0, 90.0), _s(1, 92.0)]
+    rows = {"prune_l1_a": [_s(0, 89.1, "prune_l1"), _s(1, 90.9, "prune_l1")],
+            "structured_a": [_s(0, 89.1 + 1e-13, "structured"), _s(1, 90.9, "structured")]}
+    lat = {"models": {"resnet20": {"batch64": {"ms": 10.0}, "batch1": {"ms": 1.0}},
+                      "prune_l1_a": {"batch64": {"ms": 6.0}, "batch1": {"ms": 0.9}},
+                      "structured_a": {"batch64": {"ms": 5.0}, "batch1": {"ms": 1.2}}}}
+    text = "\n".join(tables._verdict(rows, {}, dense, lat))
+    assert "| A | structured, fine-tuned | prune_l1 | +0.00 +- 0.00 (2 seeds) (within the seeds' spread) | tie |" in text
+    assert ("| A | structured, fine-tuned | 64 | 5.00 (plain) | 90.00 | prune_l1 | - | dominates prune_l1 A "
+            "| no comparison: faster than every prune_l1 point (fastest 6.00 ms) |") in text
+    assert ("| A | structured, fine-tuned | 1 | 1.20 (plain) | 90.00 | prune_l1 | 91.00 (-1.00) | prune_l1 A dominates "
+            "| the dense model (as fast or faster, more accurate) |") in text
+    no_dense = "\n".join(tables._verdict(rows, {}, [], {}))
+    assert "## Verdict at equal multiplications" in no_dense and "latency" not in no_dense
