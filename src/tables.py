@@ -563,7 +563,8 @@ def plot_training(dataset: str, groups: dict[tuple, list[dict]], out: Path) -> N
     ax2.set_title("accuracy during training (mean, range over seeds)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # (a dense model alone has no residual curve)
+            ax.legend(fontsize=7)
     _savefig(fig, out)
 
 
