@@ -147,12 +147,9 @@ def _gap(g: list[dict], base: list[dict], key: str) -> str:
     by seed), else the difference of the means."""
     if not base:
         return "-"
-    by_seed = {s["seed"]: s[key] for s in base}
-    if all(s["seed"] in by_seed for s in g):
-        diffs = [s[key] - by_seed[s["seed"]] for s in g]
-        if len(diffs) == 1:
-            return f"{diffs[0]:+.2f}"
-        return f"{statistics.mean(diffs):+.2f} +- {statistics.stdev(diffs):.2f}"
+    diffs = _paired(g, base, key)
+    if len(diffs) == len(g):
+        return _signed(diffs)
     return f"{_mean([s[key] for s in g]) - _mean([s[key] for s in base]):+.2f}"
 
 
@@ -642,7 +639,7 @@ def _verdict(rows: dict[str, list[dict]], refs: dict[str, list[dict]], dense: li
                   for name, label in (("structured", "structured, fine-tuned"), ("struct_resnet20", "structured, from scratch"))]
 
     def mean_acc(g: list[dict]) -> float:
-        return statistics.mean(s[acc] for s in g)
+        return _mean([s[acc] for s in g])
 
     macs, speed = [], []
     for name, label, t in structured:
