@@ -82,13 +82,11 @@ def _torch_runner(name: str, model: nn.Module, x: torch.Tensor, *, amp: Callable
     return run
 
 
-@dataclass(frozen=True)
-class Eager:
-    """Plain PyTorch on the CPU, NCHW or channels_last."""
+class _Base:
+    """What every backend shares: a deploy plan where it names a plan runtime, and no session
+    state unless it says otherwise."""
 
-    name: str = "eager"
-    channels_last: bool = False
-    plan_backend: str | None = "eager"
+    plan_backend: str | None
 
     @property
     def deploy_plan(self) -> bool:
@@ -96,6 +94,15 @@ class Eager:
 
     def session(self) -> ContextManager[None]:
         return nullcontext()
+
+
+@dataclass(frozen=True)
+class Eager(_Base):
+    """Plain PyTorch on the CPU, NCHW or channels_last."""
+
+    name: str = "eager"
+    channels_last: bool = False
+    plan_backend: str | None = "eager"
 
     def prepare(self, model: nn.Module, x: torch.Tensor) -> Runner:
         model = copy.deepcopy(model).eval()
@@ -105,7 +112,7 @@ class Eager:
 
 
 @dataclass(frozen=True)
-class Compiled:
+class Compiled(_Base):
     """torch.compile (inductor, freezing on: weights constant-folded, as for inference),
     channels_last, static shapes; on the CPU or the GPU."""
 
@@ -113,10 +120,6 @@ class Compiled:
     device: str = "cpu"
     plan_backend: str | None = "compile"
     channels_last: bool = True
-
-    @property
-    def deploy_plan(self) -> bool:
-        return self.plan_backend is not None
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -131,20 +134,13 @@ class Compiled:
 
 
 @dataclass(frozen=True)
-class Cuda:
+class Cuda(_Base):
     """Eager PyTorch on the GPU, channels_last; bf16: under bfloat16 autocast."""
 
     name: str = "cuda"
     bf16: bool = False
     plan_backend: str | None = None
     channels_last: bool = True
-
-    @property
-    def deploy_plan(self) -> bool:
-        return self.plan_backend is not None
-
-    def session(self) -> ContextManager[None]:
-        return nullcontext()
 
     def prepare(self, model: nn.Module, x: torch.Tensor) -> Runner:
         model = copy.deepcopy(model).eval().to("cuda", memory_format=CL)
@@ -154,7 +150,7 @@ class Cuda:
 
 
 @dataclass(frozen=True)
-class OnnxRuntime:
+class OnnxRuntime(_Base):
     """The model exported by src.export.export_onnx, ONNX Runtime's CPU provider: full graph
     optimisation, `threads` intra-op threads, no spin-waiting (sessions timed in turn would
     otherwise spin on each other's cores)."""
@@ -163,13 +159,6 @@ class OnnxRuntime:
     name: str = "onnxruntime"
     plan_backend: str | None = "onnxruntime"
     channels_last: bool = False
-
-    @property
-    def deploy_plan(self) -> bool:
-        return self.plan_backend is not None
-
-    def session(self) -> ContextManager[None]:
-        return nullcontext()
 
     def prepare(self, model: nn.Module, x: torch.Tensor) -> Runner:
         try:
