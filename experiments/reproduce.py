@@ -51,6 +51,17 @@ SWEEP_LAMBDAS = (0.1, 0.5, 2.0)
 COMPARE_EPOCHS = 5
 COMPARE_LR = 0.01
 COMPARE_METHODS = ("structured", "prune_l1", "svd_weight", "svd_spatial")
+# lambda of the comparison's structured fine-tunes. Not MEDIUM_LAMBDA: that was chosen for 15 epochs
+# from scratch at lr 0.1; here a trained dense network (mean relative residual about 0.55 at A, 0.68
+# at B) has 5 epochs at lr 0.01, and how fast the structural loss pulls it to structure scales with
+# lr x lambda. Chosen without evaluation data by `python -m experiments.compare_lambda` (structural
+# loss alone, the fine-tune's optimizer and schedule, from the dense seed-0 run): the smallest of
+# 0.1 / 0.5 / 1 / 2 whose residual falls below the medium sweep's own final residual at lambda 0.1
+# (1.0e-2 at A, 4.1e-2 at B) within 3 of the 5 epochs. Measured, mean residual at the end of epoch
+# 3 (A / B): 0.1: 0.36 / 0.53; 0.5: 0.013 / 0.068; 1: 2.0e-4 / 8.7e-4; 2: 2.5e-4 / 2.6e-4. At 0.1
+# the network would stay far from structure (0.33 / 0.50 after 5 epochs) and projection would cut it.
+# 1 is also the lambda that keeps lr x lambda at the medium profile's (0.1 x 0.1).
+COMPARE_LAMBDA = 1.0
 
 
 def _variants(*names: str) -> list[str]:
@@ -98,7 +109,7 @@ PROFILES = {
                                       "model.channels_last=true", "trainer.progress_bar=simple",
                                       *_holdout(45_000, 50_000)],
                            runs=[(f"{m}_{t}", f"compress/{m}_{t}",
-                                  ["init_from=medium/resnet20", *(["lambda"] if m == "structured" else []),
+                                  ["init_from=medium/resnet20", *(["compare_lambda"] if m == "structured" else []),
                                    *(["seeds=0"] if t == "b" else [])])
                                  for t in ("a", "b") for m in COMPARE_METHODS]),
     "smoke": dict(dataset="cifar10", models=["resnet20", "struct_resnet20_a"], seeds=[0],
@@ -128,6 +139,8 @@ def runs_of(profile: str, runs: Path = Path("runs")) -> list[tuple[str, str, int
                 seeds = [int(v) for v in item.removeprefix("seeds=").split(",")]
             elif item.startswith("init_from="):
                 init = item.removeprefix("init_from=")
+            elif item == "compare_lambda":
+                overrides += [f"structure.lam={COMPARE_LAMBDA}", f"structure.bn_recalib={str(MEDIUM_BN_RECALIB).lower()}"]
             elif item == "lambda":
                 overrides += [f"structure.lam={MEDIUM_LAMBDA}" if MEDIUM_LAMBDA is not None else "structure.lam=?",
                               f"structure.bn_recalib={str(MEDIUM_BN_RECALIB).lower()}"]

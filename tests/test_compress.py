@@ -295,3 +295,28 @@ def test_the_new_keys_leave_existing_configurations_their_identity():
     assert not [k for k in ident if k.startswith(("model.init_from", "model.pretrained", "model.compress"))]
     ident = runs.identity(_compose(["+exp=cifar10/compress/svd_weight_b"]))
     assert ident["model.compress.method"] == "svd_weight" and "model.init_from" not in ident
+
+
+def test_compare_lambda_pulls_the_loaded_dense_weights_towards_structure(tmp_path):
+    """experiments.compare_lambda builds the fine-tune's model from a dense deploy.pt (the dense
+    weights copied in, far from structure), and the structural loss alone lowers its residual,
+    faster at a larger lambda."""
+    from experiments.compare_lambda import compressed, mean_residual, simulate
+    from src.deploy import save_deploy
+
+    torch.manual_seed(0)
+    dense = create_model("resnet20").eval()
+    path = save_deploy(tmp_path / "deploy.pt", dense, model_name="resnet20", route="regularized", num_classes=10,
+                       mean=[0.5] * 3, std=[0.25] * 3, input_size=[3, 32, 32])
+    curves = {}
+    for lam in (0.1, 1.0):
+        model, optim_cfg = compressed("a", path)
+        assert torch.equal(model.layer1[0].conv1.weight, dense.layer1[0].conv1.weight)  # copied in
+        start = mean_residual(model)
+        assert start > 0.3
+        curves[lam] = simulate(model, optim_cfg, lam, epochs=2, ramp_epochs=0.5, steps_per_epoch=10)
+        assert curves[lam][0] < start and curves[lam][1] < curves[lam][0]
+    assert curves[1.0][-1] < curves[0.1][-1]
+    with pytest.raises(SystemExit, match="no such file"):
+        from experiments.compare_lambda import main
+        main(["--init-from", str(tmp_path / "missing.pt")])

@@ -361,6 +361,9 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
     compare = reproduce.commands("medium_compare", "/d", Path("runs"), [])
     assert all(("structure.bn_recalib=false" in c) == ("+exp=cifar10/compress/structured_a" in c
                                                          or "+exp=cifar10/compress/structured_b" in c) for c in compare)
+    # the structured fine-tunes take the comparison's own lambda (not the from-scratch one), the rest none
+    assert all(("structure.lam=" in " ".join(c)) == ("structure.bn_recalib=false" in c) for c in compare)
+    assert sum(f"structure.lam={reproduce.COMPARE_LAMBDA}" in c for c in compare) == 4
     sweep = reproduce.commands("medium_sweep", "/d", Path("runs"), [])
     assert all("data.holdout=[40000,45000]" in c and "data.train_subset=40000" in c and "eval.official_test=false" in c
                for c in sweep)  # lambda is chosen without the test set
