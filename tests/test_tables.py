@@ -196,12 +196,17 @@ def test_claims_are_measured_from_the_rows_and_marked(runs_dir, tmp_path):
     for seed, trained, acc in ((0, 59.55, 59.5), (1, 61.4, 61.5)):  # gaps -0.5, -0.5; changes -0.05, +0.1
         _variant(runs_dir, tmp_path, f"a{seed}", seed=seed, test_acc_dense=trained, test_acc_projected=acc,
                  test_acc_decomposed=acc)
+    a = json.loads((runs_dir / "struct_resnet20_a" / "seed0" / "summary.json").read_text())
+    own = {f"{w}_dense": a[f"{w}_decomposed"] for w in ("params", "mults", "adds")}  # the direct route has no dense form
     for seed, acc in ((0, 59.0), (1, 62.0)):  # direct route: regularized minus direct = +0.5, -0.5
         _variant(runs_dir, tmp_path, f"direct{seed}", seed=seed, route="direct", config_hash="directhash",
-                 test_acc_dense=acc, test_acc_projected=acc, test_acc_decomposed=acc)
+                 test_acc_dense=acc, test_acc_projected=acc, test_acc_decomposed=acc, **own)
     _variant(runs_dir, tmp_path, "b0", model="struct_resnet20_b", config_hash="bhash", test_acc_dense=58.2,
              test_acc_projected=58.0, test_acc_decomposed=58.0)  # gap -2.0 (fails 1.5), change -0.2
     md = tables.write_tables(tmp_path / "runs", tmp_path / "out")[0].read_text()
+    direct = next(line for line in md.splitlines() if line.startswith("| struct_resnet20_a | direct |"))
+    ratio = a["params_decomposed"] / dense["params_dense"]
+    assert f"| {a['params_decomposed']:,} ({ratio:.2f}x) |" in direct and ratio < 0.5  # vs the dense baseline
     claims = md.split("## Claims")[1].split("\n\n")[2].splitlines()[2:]
     assert [c.split(" |")[0] for c in claims] == ["| (a)", "| (b)", "| (c)", "| (d)"], claims
     assert claims[0].endswith("| -0.50 +- 0.00 (2 seeds) | holds |")
