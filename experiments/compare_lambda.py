@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from experiments.reproduce import COMPARE_EPOCHS, COMPARE_LR
 from src.lit.module import lambda_at
@@ -50,8 +51,6 @@ def compressed(target: str, init_from: Path) -> tuple[torch.nn.Module, dict]:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"+exp=cifar10/compress/structured_{target}", f"model.init_from={init_from}",
                                           f"optim.lr={COMPARE_LR}"])
-    from omegaconf import OmegaConf
-
     return build_model(cfg, num_classes=10), OmegaConf.to_container(cfg.optim, resolve=True)
 
 
@@ -80,7 +79,7 @@ def simulate(model: torch.nn.Module, optim_cfg: dict, lam: float, epochs: int, r
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--init-from", type=Path, nargs="+",
-                    default=[Path(f"runs/medium/resnet20/seed{k}/deploy.pt") for k in (0,)],
+                    default=[Path("runs/medium/resnet20/seed0/deploy.pt")],
                     help="dense deploy.pt file(s) of the medium profile (default: seed 0)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0])
     ap.add_argument("--targets", nargs="+", default=["a", "b"], choices=["a", "b"])
