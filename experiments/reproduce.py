@@ -12,8 +12,10 @@ cityscapes: HRNetV2-W18-Small-v2 segmentation dense / A / B, 1 seed, the HRNet r
 Each run is ``python -m src.train +exp=<dataset>/<model> ...`` in ``<runs>/<profile>/<model>/seed<k>``;
 finished runs are skipped and killed ones resume, so the command can simply be re-run. As soon as
 a run has finished, its logs (summary.json, config.yaml, overrides.yaml, metrics.csv: no
-checkpoints) are copied to ``--collect`` (default ``results/<profile>/runs/<model>/seed<k>``), where
-``make tables`` reads them: committed, they regenerate the tables byte for byte. Into results/ it runs
+checkpoints; a run that another profile starts from also its deploy.pt) are copied to
+``--collect`` (default ``results/<profile>/runs/<model>/seed<k>``), where ``make tables`` reads
+them: committed, they regenerate the tables byte for byte. Runs whose logs are already there (a
+fresh clone of the committed results) are skipped too, unless ``--rerun-collected``. Into results/ it runs
 only from committed code (``--allow-dirty`` otherwise), and a killed run resumes only on the
 training code it started with (src/train.py: check_code_unchanged). The first
 run that fails stops the reproduction: its one-line error (from src.train) is followed by which
@@ -125,10 +127,31 @@ class ProfileError(ValueError):
     """A profile cannot run as asked (e.g. its lambda has not been chosen yet)."""
 
 
+def _collect_root(profile: str) -> Path:
+    return Path(PROFILES[profile].get("results", f"results/{profile}")) / "runs"
+
+
+def init_sources() -> set[tuple[str, str]]:
+    """(profile, label) of the runs another profile starts from (``init_from=<profile>/<label>``):
+    their ``deploy.pt`` is collected with their logs, so that the runs built on them can start
+    from the committed file on another machine (a dense ResNet-20 deploy file is about 1 MB)."""
+    return {tuple(item.removeprefix("init_from=").split("/", 1)) for spec in PROFILES.values()
+            for _, _, extra in spec.get("runs") or [] for item in extra if item.startswith("init_from=")}
+
+
+def _init_file(runs: Path, init: str, seed: int) -> Path:
+    """The deploy.pt a run starts from: the source run's own under `runs`, else the one collected
+    with its logs (results/<profile>/runs/<label>/seed<k>), else the former (reported missing)."""
+    own = runs / init / f"seed{seed}" / "deploy.pt"
+    profile, label = init.split("/", 1)
+    collected = _collect_root(profile) / label / f"seed{seed}" / "deploy.pt"
+    return collected if not own.exists() and collected.exists() else own
+
+
 def runs_of(profile: str, runs: Path = Path("runs")) -> list[tuple[str, str, int, list[str]]]:
     """(label, experiment, seed, overrides) of every run of `profile`, in order. An item
     ``init_from=<profile>/<label>`` of a run starts it from that run's deploy.pt (same seed) under
-    `runs`."""
+    `runs`, or from the one collected with that run's logs (:func:`init_sources`)."""
     spec = PROFILES[profile]
     out = []
     for label, exp, extra in spec.get("runs") or [(m, m, []) for m in spec["models"]]:
@@ -147,7 +170,7 @@ def runs_of(profile: str, runs: Path = Path("runs")) -> list[tuple[str, str, int
             else:
                 overrides.append(item)
         for seed in seeds:
-            start = [f"model.init_from={runs / init / f'seed{seed}' / 'deploy.pt'}"] if init else []
+            start = [f"model.init_from={_init_file(runs, init, seed)}"] if init else []
             out.append((label, exp, seed, overrides + start))
     return out
 
@@ -165,11 +188,12 @@ def commands(profile: str, data: str, runs: Path, extra: list[str], only: list[s
     return cmds
 
 
-def collect(run_dir: Path, dest: Path) -> list[Path]:
-    """Copy a finished run's logs (RUN_LOGS that exist) into `dest`; returns the files written."""
+def collect(run_dir: Path, dest: Path, deploy: bool = False) -> list[Path]:
+    """Copy a finished run's logs (RUN_LOGS that exist) into `dest`, with its deploy.pt when
+    `deploy` (a run others start from, :func:`init_sources`); returns the files written."""
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in RUN_LOGS:
+    for name in RUN_LOGS + (("deploy.pt",) if deploy else ()):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, dest / name)
             written.append(dest / name)
@@ -210,6 +234,9 @@ def main(argv=None) -> None:
     ap.add_argument("--allow-dirty", action="store_true",
                     help="run even though the code has uncommitted changes and the logs are collected into "
                          "results/ (their summaries then name a -dirty commit)")
+    ap.add_argument("--rerun-collected", action="store_true",
+                    help="also run the runs whose logs are already collected (e.g. committed in results/); "
+                         "by default they are skipped, since they are finished runs")
     ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
     spec = PROFILES[args.profile]
@@ -231,13 +258,25 @@ def main(argv=None) -> None:
     if missing and not args.dry_run:
         paths = [next(a.split("=", 1)[1] for a in c if a.startswith("model.init_from=")) for c in missing]
         print(f"reproduce: {len(missing)} run(s) of {args.profile} start from trained runs that are not there yet "
-              f"({', '.join(sorted(set(paths)))}): run the profile that makes them first (PROFILE=medium); "
-              f"those runs are left out.", file=sys.stderr)
+              f"({', '.join(sorted(set(paths)))}; a source run's deploy.pt is looked for in its run directory, "
+              f"then beside its logs in results/): run the profile that makes them first (PROFILE=medium; a "
+              f"source run whose logs are committed without its deploy.pt runs again with `--only <label> "
+              f"--rerun-collected`); those runs are left out.", file=sys.stderr)
         cmds = [c for c in cmds if c not in missing]
         pending = pending + missing
     jobs = max(1, args.jobs or spec.get("jobs", 1))
     threads = args.threads or spec.get("threads")
-    collect_root = args.collect or Path(spec.get("results", f"results/{args.profile}")) / "runs"
+    collect_root = args.collect or _collect_root(args.profile)
+    done = [c for c in cmds if not (_run_dir(c) / "summary.json").exists()
+            and (collect_root / _run_dir(c).relative_to(args.runs / args.profile) / "summary.json").exists()]
+    if done and not args.rerun_collected:
+        # finished on another machine or in an earlier clone: their committed logs are the result
+        names = [str(_run_dir(c).relative_to(args.runs / args.profile)) for c in done]
+        print(f"reproduce: {len(done)} run(s) of {args.profile} already have their logs in {collect_root} "
+              f"({', '.join(names)}): skipped (--rerun-collected runs them again and replaces those logs).",
+              file=sys.stderr)
+        cmds = [c for c in cmds if c not in done]
+    keep_deploy = {label for profile, label in init_sources() if profile == args.profile}
     t0 = time.time()
     if args.dry_run:
         for i, cmd in enumerate(cmds, 1):
@@ -282,7 +321,7 @@ def main(argv=None) -> None:
                 failed = failed or (i, code, run_dir)
                 continue
             dest = collect_root / run_dir.relative_to(args.runs / args.profile)
-            collect(run_dir, dest)
+            collect(run_dir, dest, deploy=run_dir.parent.name in keep_deploy)
             print(f"[{i}/{len(cmds)}] done in {(time.time() - t_start) / 60:.1f} min; logs copied to {dest}", flush=True)
     if failed:
         sys.exit(failed[1])

@@ -369,6 +369,56 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
                for c in sweep)  # lambda is chosen without the test set
 
 
+def test_runs_finished_elsewhere_are_skipped_and_their_deploy_files_start_the_runs_built_on_them(
+        tmp_path, monkeypatch, capsys):
+    """A clone on a new machine holds the committed logs of finished runs but no run directories:
+    those runs are skipped (not trained again over their logs) unless --rerun-collected, and the
+    deploy.pt collected with a source run's logs is what the runs built on it start from."""
+    from experiments import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    assert ("medium", "resnet20") in reproduce.init_sources()
+    done = tmp_path / "results" / "medium" / "runs" / "resnet20" / "seed0"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text("{}")
+    (done / "deploy.pt").write_bytes(b"weights")
+    monkeypatch.setattr(reproduce.subprocess, "Popen", lambda *a, **k: pytest.fail("nothing may run"))
+    reproduce.main(["--profile", "medium", "--data", "d", "--only", "resnet20", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert "1 run(s) of medium already have their logs in results/medium/runs (resnet20/seed0): skipped" in err
+    assert out.count("+exp=cifar10/resnet20 ") == 2 and "seed=0" not in out, out
+    reproduce.main(["--profile", "medium", "--data", "d", "--only", "resnet20", "--dry-run", "--rerun-collected"])
+    out, err = capsys.readouterr()
+    assert out.count("+exp=cifar10/resnet20 ") == 3 and "skipped" not in err
+    inits = [a for c in reproduce.commands("medium_compare", "d", Path("runs"), [], only=["prune_l1_a"])
+             for a in c if a.startswith("model.init_from=")]
+    assert inits == ["model.init_from=results/medium/runs/resnet20/seed0/deploy.pt",
+                     "model.init_from=runs/medium/resnet20/seed1/deploy.pt",
+                     "model.init_from=runs/medium/resnet20/seed2/deploy.pt"], inits
+    class Launched(Exception):
+        pass
+
+    def popen(cmd, *a, **k):
+        raise Launched(cmd)
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", popen)
+    with pytest.raises(Launched) as e:  # seeds 1 and 2 have no deploy.pt anywhere: said, left out
+        reproduce.main(["--profile", "medium_compare", "--data", "d", "--only", "prune_l1_a", "--jobs", "1",
+                        "--allow-dirty"])
+    out, err = capsys.readouterr()
+    assert "model.init_from=results/medium/runs/resnet20/seed0/deploy.pt" in e.value.args[0] and "[1/1]" in out
+    assert "2 run(s) of medium_compare start from trained runs that are not there yet" in err
+    assert "--rerun-collected" in err
+    # collecting a source run keeps its deploy.pt with its logs; other runs' logs only
+    run = tmp_path / "runs" / "medium" / "resnet20" / "seed1"
+    run.mkdir(parents=True)
+    for name in ("summary.json", "metrics.csv", "deploy.pt", "last.ckpt"):
+        (run / name).write_text(name)
+    kept = reproduce.collect(run, tmp_path / "c1", deploy=True)
+    assert sorted(p.name for p in kept) == ["deploy.pt", "metrics.csv", "summary.json"]
+    assert sorted(p.name for p in reproduce.collect(run, tmp_path / "c2")) == ["metrics.csv", "summary.json"]
+
+
 def test_reproduce_refuses_dirty_code_before_any_run_that_collects_into_results(tmp_path, monkeypatch, capsys):
     """Hours of runs whose summaries would name a -dirty commit are refused before the first one
     when their logs go into results/; --allow-dirty or a --collect folder elsewhere lets them run."""
