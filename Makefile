@@ -12,9 +12,11 @@ PYTEST_ARGS ?=
 
 # Reproduction: PROFILE=quick (2-core CPU, ~30 min), medium_sweep + medium (the CPU reference:
 # hours, resumable), or full (the paper's recipe; GPU). Tables go to results/<profile>
-# (medium_sweep: results/medium/sweep).
+# (medium_sweep: results/medium/sweep; medium_gap, why the structured models trail dense:
+# results/medium/gap).
 PROFILE ?= full
 RESULTS_medium_sweep = results/medium/sweep
+RESULTS_medium_gap = results/medium/gap
 RESULTS ?= $(or $(RESULTS_$(PROFILE)),results/$(PROFILE))
 DEVICE ?= cuda
 RUNS ?= runs
@@ -29,7 +31,7 @@ help:                   ## list the targets
 	@echo "make install                      create .venv (Python 3.11, pinned torch) and install the project"
 	@echo "make test                         the default test suite (fast; CI runs this)"
 	@echo "make test-all                     every test, slow ones included"
-	@echo "make reproduce-cifar [PROFILE=quick|medium_sweep|medium|full] [CIFAR_ROOT=dir]"
+	@echo "make reproduce-cifar [PROFILE=quick|medium_sweep|medium|medium_gap|full] [CIFAR_ROOT=dir]"
 	@echo "                                  train dense / A / B on CIFAR-10, then make tables (quick: 25-50 min on 2 CPU cores;"
 	@echo "                                  medium_sweep then medium: the CPU reference, about 20 h, resumable)"
 	@echo "make compare-cifar PROFILE=medium pruning / SVD / structured fine-tuned from the medium dense runs, at equal MACs"

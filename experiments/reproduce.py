@@ -103,6 +103,19 @@ PROFILES = {
                                     *_holdout(40_000, 45_000), "eval.official_test=false"],
                          runs=[(f"{m}_lam{lam:g}", m, [f"structure.lam={lam}", f"tag=_lam{lam:g}"])
                                for lam in SWEEP_LAMBDAS for m in ("struct_resnet20_a", "struct_resnet20_b")]),
+    # Why struct_resnet20_a trails dense in the medium profile (README, claims (a) / (b)): on the
+    # validation split (never the primary set), seed 0. The dense baseline of the split at 15 epochs
+    # (the lambda sweep had none), the gap at 8 epochs (does it shrink with training length?) and a
+    # lambda ramp over half the run (does structure from the first epoch cost accuracy?).
+    "medium_gap": dict(dataset="cifar10", seeds=[0], jobs=2, threads=1, results="results/medium/gap",
+                       overrides=["model.channels_last=true", "trainer.progress_bar=simple",
+                                  *_holdout(40_000, 45_000), "eval.official_test=false"],
+                       runs=[("resnet20", "resnet20", [f"trainer.max_epochs={MEDIUM_EPOCHS}"]),
+                             ("struct_resnet20_a", "struct_resnet20_a", [f"trainer.max_epochs={MEDIUM_EPOCHS}", "lambda"]),
+                             ("struct_resnet20_a_ramp7", "struct_resnet20_a",
+                              [f"trainer.max_epochs={MEDIUM_EPOCHS}", "lambda", "structure.lam_ramp_epochs=7"]),
+                             ("resnet20_ep8", "resnet20", ["trainer.max_epochs=8", "tag=_ep8"]),
+                             ("struct_resnet20_a_ep8", "struct_resnet20_a", ["trainer.max_epochs=8", "tag=_ep8", "lambda"])]),
     # Against the alternatives at equal MACs: each method compresses the medium profile's trained
     # dense resnet20 (seed k -> seed k) to the MAC ratio of struct_resnet20_a (seeds 0-2) and of
     # struct_resnet20_b (seed 0), then fine-tunes 5 epochs at lr 0.01 (cosine); evaluated like medium.

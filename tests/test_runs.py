@@ -367,6 +367,12 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
     sweep = reproduce.commands("medium_sweep", "/d", Path("runs"), [])
     assert all("data.holdout=[40000,45000]" in c and "data.train_subset=40000" in c and "eval.official_test=false" in c
                for c in sweep)  # lambda is chosen without the test set
+    gap = reproduce.commands("medium_gap", "/d", Path("runs"), [])  # the why-experiment: validation split only
+    assert len(gap) == 5 and all("data.holdout=[40000,45000]" in c and "eval.official_test=false" in c for c in gap)
+    assert sum("structure.lam=0.5" in c for c in gap) == 3  # every structured run at the medium lambda
+    # dense and structured share length and tag (what the table pairs them by)
+    pairs = sorted(tuple(a for a in c if a.startswith(("tag=", "trainer.max_epochs="))) for c in gap)
+    assert pairs.count(("trainer.max_epochs=8", "tag=_ep8")) == 2 and pairs.count(("trainer.max_epochs=15",)) == 3
 
 
 def test_runs_finished_elsewhere_are_skipped_and_their_deploy_files_start_the_runs_built_on_them(
