@@ -280,8 +280,11 @@ def main(argv=None) -> None:
     jobs = max(1, args.jobs or spec.get("jobs", 1))
     threads = args.threads or spec.get("threads")
     collect_root = args.collect or _collect_root(args.profile)
-    done = [c for c in cmds if not (_run_dir(c) / "summary.json").exists()
-            and (collect_root / _run_dir(c).relative_to(args.runs / args.profile) / "summary.json").exists()]
+
+    def dest_of(cmd: list[str]) -> Path:  # where a run's logs are collected
+        return collect_root / _run_dir(cmd).relative_to(args.runs / args.profile)
+
+    done = [c for c in cmds if not (_run_dir(c) / "summary.json").exists() and (dest_of(c) / "summary.json").exists()]
     if done and not args.rerun_collected:
         # finished on another machine or in an earlier clone: their committed logs are the result
         names = [str(_run_dir(c).relative_to(args.runs / args.profile)) for c in done]
@@ -333,7 +336,7 @@ def main(argv=None) -> None:
                       + ". Fix the cause and run the same command again: finished runs are skipped.", file=sys.stderr)
                 failed = failed or (i, code, run_dir)
                 continue
-            dest = collect_root / run_dir.relative_to(args.runs / args.profile)
+            dest = dest_of(cmd)
             collect(run_dir, dest, deploy=run_dir.parent.name in keep_deploy)
             print(f"[{i}/{len(cmds)}] done in {(time.time() - t_start) / 60:.1f} min; logs copied to {dest}", flush=True)
     if failed:
