@@ -409,11 +409,18 @@ def report(s: dict[str, Any], run_dir: Path) -> str:
     """What a finished run prints: its files and key figures."""
     metric = "acc" if "test_acc_decomposed" in s else "miou"
     fig = lambda stage: "-" if s.get(f"test_{metric}_{stage}") is None else f"{s[f'test_{metric}_{stage}']:.2f}"
+    if s.get("method"):  # a compression run: its "dense" figures are the compressed model's own
+        what = f"{s['model']} compressed by {s['method']}, fine-tuned"
+        cost = (f"  params {s['params_decomposed']:,}, mults {s['mults_decomposed']:,} "
+                f"({s['achieved_mults_ratio']:.3f}x the uncompressed {s['model']}'s; target {s['target_mults_ratio']:.3f})")
+    else:
+        what = f"{s['model']} ({s['route']})"
+        cost = (f"  params {s['params_decomposed']:,} ({s['params_decomposed'] / s['params_dense']:.2f}x dense), "
+                f"mults {s['mults_decomposed']:,} ({s['mults_decomposed'] / s['mults_dense']:.2f}x dense)")
     return "\n".join([
-        f"finished {s['model']} ({s['route']}, seed {s['seed']}, {s['epochs']} epochs) in {s['wall_time_s'] / 60:.1f} min",
+        f"finished {what}, seed {s['seed']}, {s['epochs']} epochs, in {s['wall_time_s'] / 60:.1f} min",
         f"  test {metric} %: trained {fig('dense')}, projected {fig('projected')}, decomposed {fig('decomposed')}",
-        f"  params {s['params_decomposed']:,} ({s['params_decomposed'] / s['params_dense']:.2f}x dense), "
-        f"mults {s['mults_decomposed']:,} ({s['mults_decomposed'] / s['mults_dense']:.2f}x dense)",
+        cost,
         f"  run directory: {run_dir}",
         f"    {SUMMARY} (all figures), {HISTORY} (per epoch), {CONFIG}, {LOG}, checkpoints/last.ckpt",
         f"    {DEPLOY} (the decomposed model; load it with src.deploy.load_deploy)",

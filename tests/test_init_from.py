@@ -184,3 +184,11 @@ def test_a_compressed_fine_tuning_run_records_method_target_and_origin(dense_run
     dense = json.loads((dense_run / "summary.json").read_text())
     assert not {"init_from", "init_from_sha256", "init_from_run", "method", "target_mults_ratio",
                 "achieved_mults_ratio"} & set(dense)
+    # what the run prints: the ratio to the uncompressed model (its own "dense" figures are the
+    # compressed model's, so a ratio to them would read 1.00x), and a plain run's ratio to dense
+    from src.pipeline import report
+
+    printed = report(s, run_dir)
+    assert "resnet20 compressed by structured, fine-tuned" in printed
+    assert "(0.451x the uncompressed resnet20's; target 0.451)" in printed and "x dense" not in printed
+    assert "(1.00x dense)" in report(dense, dense_run)
