@@ -36,6 +36,7 @@ from torch import nn
 
 from src.compress import METHODS, scope
 from src.data.cifar import CIFAR10DataModule
+from src.data.errors import CorruptFileError, DataRootError
 from src.pipeline import build_model
 from src.structured import project, structural_residuals
 
@@ -117,9 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.init_from:
         if not path.is_file():
             raise SystemExit(f"--init-from {path}: no such file (a medium profile dense run's deploy.pt)")
-    dm = CIFAR10DataModule(args.data, eval_set="holdout", holdout=list(args.holdout), train_subset=args.holdout[0],
-                           download="false")
-    loader = dm.eval_loader(*dm.eval_arrays("primary"))
+    try:
+        dm = CIFAR10DataModule(args.data, eval_set="holdout", holdout=list(args.holdout), train_subset=args.holdout[0],
+                               download="false")
+        loader = dm.eval_loader(*dm.eval_arrays("primary"))
+    except (DataRootError, CorruptFileError, ValueError) as e:
+        raise SystemExit(f"--data {args.data} / --holdout {args.holdout[0]} {args.holdout[1]}: {e}") from None
     torch.manual_seed(0)
     calib = list(dm.calibration_batches(50))
     print(f"evaluation set: training images [{args.holdout[0]}, {args.holdout[1]}); BatchNorm re-estimated on "
