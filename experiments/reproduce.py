@@ -12,12 +12,14 @@ cityscapes: HRNetV2-W18-Small-v2 segmentation dense / A / B, 1 seed, the HRNet r
 Each run is ``python -m src.train +exp=<dataset>/<model> ...`` in ``<runs>/<profile>/<model>/seed<k>``;
 finished runs are skipped and killed ones resume, so the command can simply be re-run. As soon as
 a run has finished, its logs (summary.json, config.yaml, overrides.yaml, metrics.csv: no
-checkpoints; a run that another profile starts from also its deploy.pt) are copied to
+checkpoints) and its trained model (deploy.pt) are copied to
 ``--collect`` (default ``results/<profile>/runs/<model>/seed<k>``), where ``make tables`` reads
 them: committed, they regenerate the tables byte for byte. Runs whose logs are already there (a
 fresh clone of the committed results) are skipped too, unless ``--rerun-collected``. Into results/ it runs
 only from committed code (``--allow-dirty`` otherwise), and a killed run resumes only on the
-training code it started with (src/train.py: check_code_unchanged). The first
+training code it started with (src/train.py: check_code_unchanged). ``--stash`` keeps the
+unfinished runs' resume state beside their logs (``.../inflight``, to commit) for a machine that
+does not keep ``runs/``; the next invocation restores it and the runs resume. The first
 run that fails stops the reproduction: its one-line error (from src.train) is followed by which
 run failed and where its log is, and the exit status is that run's.
 """
@@ -127,6 +129,22 @@ PROFILES = {
                                   ["init_from=medium/resnet20", *(["compare_lambda"] if m == "structured" else []),
                                    *(["seeds=0"] if t == "b" else [])])
                                  for t in ("a", "b") for m in COMPARE_METHODS]),
+    # Does the gap close with training? (issue: gap against training length) The medium recipe at 30
+    # and 60 epochs (cosine over each run's own length), per-epoch monitoring on the first 1,000
+    # images of the primary set (the final figures on all 5,000). Listed pair by pair (dense and A of
+    # one seed and length side by side), so that each pair finishes together. fp32: measured fastest
+    # here (`python -m experiments.throughput`: bf16 autocast 0.08-0.10x, torch.compile 0.73-1.18x).
+    "long": dict(dataset="cifar10", jobs=2, threads=1, results="results/long",
+                 overrides=["model.channels_last=true", "trainer.progress_bar=simple", *_holdout(45_000, 50_000),
+                            "eval.robustness=true", "+data.val_subset=1000"],
+                 runs=[(f"{m}_ep{e}", m, [f"trainer.max_epochs={e}", f"tag=_ep{e}", f"seeds={k}",
+                                          *(["lambda"] if m != "resnet20" else [])])
+                       for e, k, m in [(30, 0, "resnet20"), (30, 0, "struct_resnet20_a"),
+                                       (30, 1, "resnet20"), (30, 1, "struct_resnet20_a"),
+                                       (30, 2, "resnet20"), (30, 2, "struct_resnet20_a"),
+                                       (30, 0, "struct_resnet20_b"), (60, 0, "struct_resnet20_b"),
+                                       (60, 0, "resnet20"), (60, 0, "struct_resnet20_a"),
+                                       (60, 1, "resnet20"), (60, 1, "struct_resnet20_a")]]),
     "smoke": dict(dataset="cifar10", models=["resnet20", "struct_resnet20_a"], seeds=[0],
                   overrides=["trainer.max_epochs=1", "trainer.progress_bar=none", "data.train_subset=512",
                              "data.test_subset=256", "data.batch_size=64", "structure.bn_recalib_batches=2"]),
@@ -168,7 +186,7 @@ def runs_of(profile: str, runs: Path = Path("runs")) -> list[tuple[str, str, int
     spec = PROFILES[profile]
     out = []
     for label, exp, extra in spec.get("runs") or [(m, m, []) for m in spec["models"]]:
-        seeds = spec["seeds"]
+        seeds = spec.get("seeds", [0])
         overrides, init = [], None
         for item in extra:
             if item.startswith("seeds="):
@@ -201,16 +219,68 @@ def commands(profile: str, data: str, runs: Path, extra: list[str], only: list[s
     return cmds
 
 
-def collect(run_dir: Path, dest: Path, deploy: bool = False) -> list[Path]:
-    """Copy a finished run's logs (RUN_LOGS that exist) into `dest`, with its deploy.pt when
-    `deploy` (a run others start from, :func:`init_sources`); returns the files written."""
+def collect(run_dir: Path, dest: Path, deploy: bool = True) -> list[Path]:
+    """Copy a finished run's logs (RUN_LOGS that exist) and its deploy.pt (every run keeps its
+    trained model beside its logs, so later evaluations need no retraining; about 1 MB for a
+    ResNet-20) into `dest`, and drop the run's stash there (:func:`stash`); returns the files written."""
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for name in RUN_LOGS + (("deploy.pt",) if deploy else ()):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, dest / name)
             written.append(dest / name)
+    if (dest / INFLIGHT).is_dir():
+        shutil.rmtree(dest / INFLIGHT)
     return written
+
+
+# An unfinished run's state, kept beside its logs' folder so that a run longer than one working
+# session survives a machine that does not keep runs/ (commit the folder; the next session
+# restores it and resumes). Removed when the run finishes and is collected.
+INFLIGHT = "inflight"
+STASHED = ("checkpoints/last.ckpt", "code.json", "config.yaml", "overrides.yaml", "metrics.csv")
+
+
+def stash(run_dir: Path, dest: Path) -> list[Path] | None:
+    """Copy an unfinished run's resume state (:data:`STASHED`) into ``dest/inflight``; None when
+    there is nothing to stash (no checkpoint, or the run has finished). The checkpoint copy is
+    read back (torch.load) so that a file caught mid-write is never kept."""
+    ckpt = run_dir / STASHED[0]
+    if (run_dir / "summary.json").exists() or not ckpt.exists():
+        return None
+    import torch
+
+    out = dest / INFLIGHT
+    out.mkdir(parents=True, exist_ok=True)
+    for attempt in range(5):
+        shutil.copy2(ckpt, out / "last.ckpt")
+        try:
+            torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)
+            break
+        except Exception:  # written while we copied: try again
+            time.sleep(2)
+    else:
+        raise RuntimeError(f"{ckpt} could not be copied whole (it kept changing); stash again")
+    written = [out / "last.ckpt"]
+    for name in STASHED[1:]:
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, out / name)
+            written.append(out / name)
+    return written
+
+
+def restore(dest: Path, run_dir: Path) -> bool:
+    """Put a stashed run state (``dest/inflight``) back into `run_dir` when that directory holds no
+    checkpoint and no summary; True when restored (the run then resumes from it)."""
+    src = dest / INFLIGHT
+    if not (src / "last.ckpt").exists() or (run_dir / STASHED[0]).exists() or (run_dir / "summary.json").exists():
+        return False
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "last.ckpt", run_dir / STASHED[0])
+    for name in STASHED[1:]:
+        if (src / name).exists():
+            shutil.copy2(src / name, run_dir / name)
+    return True
 
 
 def _run_dir(cmd: list[str]) -> Path:
@@ -250,6 +320,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rerun-collected", action="store_true",
                     help="also run the runs whose logs are already collected (e.g. committed in results/); "
                          "by default they are skipped, since they are finished runs")
+    ap.add_argument("--stash", action="store_true",
+                    help="copy every unfinished run's resume state (last checkpoint, code.json, config, history) "
+                         "to <collect dir>/<label>/seed<k>/inflight and exit (commit it: the next session, on a "
+                         "machine without this runs/, restores it and resumes); safe while the runs go on")
     ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
     spec = PROFILES[args.profile]
@@ -284,6 +358,19 @@ def main(argv=None) -> None:
     def dest_of(cmd: list[str]) -> Path:  # where a run's logs are collected
         return collect_root / _run_dir(cmd).relative_to(args.runs / args.profile)
 
+    if args.stash:
+        n = 0
+        for c in cmds:
+            written = stash(_run_dir(c), dest_of(c))
+            if written:
+                n += 1
+                print(f"stashed {_run_dir(c)} -> {written[0].parent}")
+        print(f"{n} unfinished run(s) stashed" + (" (commit them: git add -f <dir>/inflight)" if n else ""))
+        return
+    for c in cmds:
+        if restore(dest_of(c), _run_dir(c)):
+            print(f"reproduce: restored the stashed state of {_run_dir(c)} from {dest_of(c) / INFLIGHT}; it resumes",
+                  file=sys.stderr)
     done = [c for c in cmds if not (_run_dir(c) / "summary.json").exists() and (dest_of(c) / "summary.json").exists()]
     if done and not args.rerun_collected:
         # finished on another machine or in an earlier clone: their committed logs are the result
@@ -292,7 +379,6 @@ def main(argv=None) -> None:
               f"({', '.join(names)}): skipped (--rerun-collected runs them again and replaces those logs).",
               file=sys.stderr)
         cmds = [c for c in cmds if c not in done]
-    keep_deploy = {label for profile, label in init_sources() if profile == args.profile}
     t0 = time.time()
     if args.dry_run:
         for i, cmd in enumerate(cmds, 1):
@@ -337,7 +423,7 @@ def main(argv=None) -> None:
                 failed = failed or (i, code, run_dir)
                 continue
             dest = dest_of(cmd)
-            collect(run_dir, dest, deploy=run_dir.parent.name in keep_deploy)
+            collect(run_dir, dest)
             print(f"[{i}/{len(cmds)}] done in {(time.time() - t_start) / 60:.1f} min; logs copied to {dest}", flush=True)
     if failed:
         sys.exit(failed[1])

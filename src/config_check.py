@@ -108,6 +108,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.eval_batch_size": _int(1),
     "data.train_subset": _int(1, null=True),
     "data.test_subset": _int(1, null=True),
+    "data.val_subset": _int(1, null=True),
     "data.num_workers": _int(0),
     "data.image_size": _int(8),
     "data.val_resize": _int(8),

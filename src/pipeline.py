@@ -377,6 +377,9 @@ def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | N
     if hasattr(job.datamodule, "eval_set_name"):
         values["eval_set"] = job.datamodule.eval_set_name
         values["train_images"] = len(job.datamodule.arrays.train_x)
+        if getattr(job.datamodule, "val_subset", None) is not None:
+            values["val_subset"] = job.datamodule.val_subset
+    values["precision"] = str(cfg.trainer.precision)
     values.update(final or {})
     for stage in schema.STAGES:
         r = c.results[stage]

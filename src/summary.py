@@ -73,6 +73,11 @@ FIELDS: tuple[Field, ...] = (
           required=False, new=True, task="classification"),
     Field("train_images", _INT, "number of training images trained on", required=False, new=True,
           task="classification"),
+    Field("val_subset", _INT, "data.val_subset: the per-epoch validation (metrics.csv val/*) used the first N images "
+                              "of the primary set; every final figure uses all of it. Absent: all of it",
+          required=False, new=True, task="classification"),
+    Field("precision", _STR, "trainer.precision of the training steps (final figures are measured in fp32)",
+          required=False, new=True),
     # where the weights came from and how they were compressed (src/init_from.py, src/compress)
     Field("init_from", _STR, "model.init_from: the weights the run started from (a Lightning checkpoint, a dense "
                              "run's deploy.pt or a state_dict file; 'pretrained' for model.pretrained=true); absent "

@@ -36,6 +36,15 @@ def test_holdout_split_never_trains_on_the_evaluation_images(cifar_npz):
     small = CIFAR10DataModule(str(cifar_npz), eval_set="holdout", holdout=[800, 1000], train_subset=500)
     small.setup()
     assert len(small.arrays.train_x) == 500 and len(small.eval_arrays()[0]) == 200
+    # data.val_subset: the per-epoch validation reads the first N primary images, the final test all
+    mon = CIFAR10DataModule(str(cifar_npz), eval_set="holdout", holdout=[800, 1000], val_subset=50)
+    mon.setup()
+    val = list(mon.val_dataloader())
+    assert sum(len(b[1]) for b in val) == 50 and (torch.cat([b[1] for b in val]).numpy() == y[:50]).all()
+    assert sum(len(b[1]) for b in mon.test_dataloader()) == 200 and len(mon.eval_arrays()[0]) == 200
+    assert sum(len(b[1]) for b in dm.val_dataloader()) == 200  # default: all of it
+    with pytest.raises(ValueError, match=r"data.val_subset=0: must be a positive integer"):
+        CIFAR10DataModule(str(cifar_npz), val_subset=0)
     # the default protocol is unchanged: the official test set is the primary set
     assert full.eval_set_name == "test" and len(full.eval_arrays("primary")[0]) == len(full.arrays.test_x)
 
@@ -88,9 +97,10 @@ def test_holdout_run_reports_primary_official_and_robustness(cifar_npz, tmp_path
     test set has keys of its own, robustness keys come from the corrupted primary set."""
     run_dir = tmp_path / "r"
     s = train(["+exp=cifar10/struct_resnet20_a", f"data.root={cifar_npz}", "data.eval_set=holdout",
-               "data.holdout=[700,1000]", "eval.robustness=true",
+               "data.holdout=[700,1000]", "eval.robustness=true", "+data.val_subset=100",
                *[o for o in TINY if not o.startswith(("data.train_subset", "data.test_subset"))]], run_dir)
     assert s["eval_set"] == "train[700:1000]" and s["train_images"] == 700
+    assert s["val_subset"] == 100 and s["precision"] == "32-true"
     assert s == json.loads((run_dir / "summary.json").read_text())
     for key in ("official_test_acc", "official_test_acc_exact", "official_test_acc_jpeg",
                 *(f"robust_acc_{c}" for c in CORRUPTIONS)):

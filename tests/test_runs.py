@@ -324,7 +324,7 @@ def test_reproduce_collects_run_logs_and_tables_regenerate_from_them(tmp_path, c
         assert json.loads((tmp_path / "runs" / "smoke" / model / "seed0" / "summary.json").read_text())["threads"] == 1
     for model in ("resnet20", "struct_resnet20_a"):
         files = sorted(p.name for p in (tmp_path / "collected" / model / "seed0").iterdir())
-        assert files == ["config.yaml", "metrics.csv", "overrides.yaml", "summary.json"], files
+        assert files == ["config.yaml", "deploy.pt", "metrics.csv", "overrides.yaml", "summary.json"], files
     again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("run already complete") == 2, again.stdout[-2000:]
     a = tables.write_tables(tmp_path / "collected", tmp_path / "t1")
@@ -415,14 +415,65 @@ def test_runs_finished_elsewhere_are_skipped_and_their_deploy_files_start_the_ru
     assert "model.init_from=results/medium/runs/resnet20/seed0/deploy.pt" in e.value.args[0] and "[1/1]" in out
     assert "2 run(s) of medium_compare start from trained runs that are not there yet" in err
     assert "--rerun-collected" in err
-    # collecting a source run keeps its deploy.pt with its logs; other runs' logs only
+    # collecting a run keeps its deploy.pt with its logs (every run's), never its checkpoints
     run = tmp_path / "runs" / "medium" / "resnet20" / "seed1"
     run.mkdir(parents=True)
     for name in ("summary.json", "metrics.csv", "deploy.pt", "last.ckpt"):
         (run / name).write_text(name)
-    kept = reproduce.collect(run, tmp_path / "c1", deploy=True)
+    kept = reproduce.collect(run, tmp_path / "c1")
     assert sorted(p.name for p in kept) == ["deploy.pt", "metrics.csv", "summary.json"]
-    assert sorted(p.name for p in reproduce.collect(run, tmp_path / "c2")) == ["metrics.csv", "summary.json"]
+    assert sorted(p.name for p in reproduce.collect(run, tmp_path / "c2", deploy=False)) == ["metrics.csv", "summary.json"]
+
+
+def test_long_profile_pairs_dense_and_structured_by_length_and_seed():
+    """The long profile: resnet20 / struct_resnet20_a at 30 epochs (seeds 0-2) and 60 (seeds 0-1),
+    struct_resnet20_b at 30 and 60 (seed 0), the medium recipe otherwise, listed pair by pair."""
+    from experiments import reproduce
+
+    cmds = reproduce.commands("long", "d", Path("runs"), [])
+    key = [(next(a for a in c if a.startswith("+exp=")).split("/")[-1], int(next(a for a in c if a.startswith("seed="))[5:]),
+            next(a for a in c if a.startswith("trainer.max_epochs="))) for c in cmds]
+    assert key[:2] == [("resnet20", 0, "trainer.max_epochs=30"), ("struct_resnet20_a", 0, "trainer.max_epochs=30")]
+    assert len(set(key)) == len(key) == 12
+    assert sorted(k for k in key if k[0] == "struct_resnet20_b") == [("struct_resnet20_b", 0, "trainer.max_epochs=30"),
+                                                                      ("struct_resnet20_b", 0, "trainer.max_epochs=60")]
+    assert sorted(k[1] for k in key if k[0] == "resnet20" and k[2].endswith("=60")) == [0, 1]
+    medium = reproduce.commands("medium", "d", Path("runs"), [], only=["struct_resnet20_a"])[0]
+    for c in cmds:
+        assert "+data.val_subset=1000" in c and "data.holdout=[45000,50000]" in c and "eval.robustness=true" in c
+        if "struct" in c[3]:  # the medium profile's lambda and BatchNorm choice
+            assert {a for a in medium if a.startswith("structure.")} <= set(c)
+
+
+def test_stash_and_restore_carry_an_unfinished_run_to_another_machine(tmp_path, monkeypatch, capsys):
+    """--stash copies an unfinished run's resume state beside its logs' folder; on a machine
+    without the run directory the next invocation puts it back (the run resumes); collecting
+    the finished run removes the stash. A finished run is never stashed."""
+    import torch
+
+    from experiments import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs") / "long" / "resnet20_ep30" / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 3, "w": torch.arange(4)}, run / "checkpoints" / "last.ckpt")
+    for name in ("code.json", "config.yaml", "metrics.csv"):
+        (run / name).write_text(name)
+    reproduce.main(["--profile", "long", "--data", "d", "--stash"])
+    out = capsys.readouterr().out
+    stashed = Path("results/long/runs/resnet20_ep30/seed0/inflight")
+    assert "1 unfinished run(s) stashed" in out and sorted(p.name for p in stashed.iterdir()) == [
+        "code.json", "config.yaml", "last.ckpt", "metrics.csv"]
+    import shutil
+
+    shutil.rmtree("runs")  # a new machine: the clone has only the committed stash
+    assert reproduce.restore(stashed.parent, run) and torch.load(run / "checkpoints" / "last.ckpt")["epoch"] == 3
+    assert (run / "code.json").read_text() == "code.json"
+    assert not reproduce.restore(stashed.parent, run)  # a checkpoint is there: never overwritten
+    (run / "summary.json").write_text("{}")
+    assert reproduce.stash(run, stashed.parent) is None  # finished: nothing to stash
+    reproduce.collect(run, stashed.parent)
+    assert not stashed.exists() and (stashed.parent / "summary.json").exists()
 
 
 def test_reproduce_refuses_dirty_code_before_any_run_that_collects_into_results(tmp_path, monkeypatch, capsys):

@@ -261,8 +261,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def __init__(self, root: str, batch_size: int = 128, eval_batch_size: int = 512, download: bool | str = "auto",
                  train_subset: int | None = None, test_subset: int | None = None, seed: int = 0,
                  device: str = "auto", channels_last: bool = False, url: str = CIFAR10_URL,
-                 md5: str | None = CIFAR10_MD5, eval_set: str = "test", holdout: list[int] | None = None):
+                 md5: str | None = CIFAR10_MD5, eval_set: str = "test", holdout: list[int] | None = None,
+                 val_subset: int | None = None):
         super().__init__()
+        # per-epoch monitoring on the first `val_subset` images of the primary set (cheap epochs); the
+        # final figures (test_dataloader, eval_arrays) always use all of it
+        if val_subset is not None and (isinstance(val_subset, bool) or not isinstance(val_subset, int) or val_subset < 1):
+            raise ValueError(f"data.val_subset={val_subset!r}: must be a positive integer (the first N images of the "
+                             f"primary evaluation set, evaluated after every epoch), or null for all of it")
+        self.val_subset = val_subset
         self.root, self.download, self.url, self.md5 = root, download, url, md5
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_subset, self.test_subset, self.seed = train_subset, test_subset, seed
@@ -356,7 +363,17 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return CifarLoader(x, y, self.eval_batch_size, train=False, device=self._device(),
                            exact=exact, rank=rank, world_size=world, channels_last=self.channels_last)
 
-    val_dataloader = test_dataloader
+    def val_dataloader(self) -> CifarLoader:
+        """Per-epoch monitoring: the primary set, or its first ``val_subset`` images."""
+        loader = self.test_dataloader()
+        if self.val_subset is not None:
+            x, y, exact = self.primary
+            n = self.val_subset
+            rank, world = self._dist()
+            loader = CifarLoader(x[:n], y[:n], self.eval_batch_size, train=False, device=self._device(),
+                                 exact=None if exact is None else exact[:n], rank=rank, world_size=world,
+                                 channels_last=self.channels_last)
+        return loader
 
     def calibration_batches(self, n: int):
         """Up to n training batches (augmented, epoch-seeded) for BatchNorm recalibration."""
