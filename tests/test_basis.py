@@ -307,7 +307,7 @@ def test_constant_caches_filled_under_inference_mode_serve_autograd():
 
     import torch.nn.functional as F
 
-    from src.deploy.tuning import CPU_SUM_POOL_POLICY
+    from src.structured import CPU_SUM_POOL_POLICY
     from src.structured import (DecomposedConv2d, SumPool, decompose, project, structural_residuals, sum_pool_policy,
                                 sumpool)
     from src.structured import basis

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from src.models import create_model
 from src.structured import (
+    CPU_SUM_POOL_POLICY,
     DecomposedConv2d,
     DecomposedLinear,
     StructuredConv2d,
@@ -23,7 +24,6 @@ from src.structured import (
     sumpool,
 )
 from src.deploy import plan_recompose
-from src.deploy.tuning import CPU_SUM_POOL_POLICY
 
 from .conftest import rel_err
 from .test_sumpool import reference_sum_pool
@@ -264,7 +264,7 @@ def test_deploy_plan_rows_time_the_same_function(monkeypatch):
 @pytest.mark.parametrize("cw,groups,pad4", [(1, 1, (1, 1, 1, 1)), (1, 1, (0, 1, 0, 1)), (3, 2, (1, 0, 1, 0)),
                                             (40, 1, (0, 0, 0, 0)), (33, 2, (1, 1, 1, 1))])  # cw >= 32: cumsum
 def test_sum_pool_fast_paths_are_exact(cw, groups, pad4, channels_last):
-    """The inference paths the benchmark times (the CPU policy of src/deploy/tuning.py: add passes
+    """The inference paths the benchmark times (the CPU policy, the core's default: add passes
     into a preallocated output on inputs of >= small_input elements, cumulative-sum channel
     windows) against a loop over every tap, and the autograd path on the same input."""
     with sum_pool_policy(CPU_SUM_POOL_POLICY):

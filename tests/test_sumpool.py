@@ -7,17 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.deploy.tuning import CPU_SUM_POOL_POLICY, CpuSumPoolPolicy
 from src.structured import sumpool
-from src.structured import (
-    SumPool,
-    SumPoolPolicy,
-    get_sum_pool_policy,
-    set_sum_pool_policy,
-    sum_pool2d,
-    sum_pool_policy,
-    window_sum,
-)
+from src.structured import (CPU_SUM_POOL_POLICY, REFERENCE_SUM_POOL_POLICY, CpuSumPoolPolicy, SumPool, SumPoolPolicy,
+                            get_sum_pool_policy, set_sum_pool_policy, sum_pool2d, sum_pool_policy, window_sum)
 
 from .conftest import ROOT, rel_err
 
@@ -41,7 +33,7 @@ class Forced(SumPoolPolicy):
 
 
 POLICIES = {
-    "reference": SumPoolPolicy(),
+    "reference": REFERENCE_SUM_POOL_POLICY,
     "cpu": CPU_SUM_POOL_POLICY,
     "cumsum+pair_adds": Forced("cumsum", "pair_adds"),
     "avg_pool": Forced(pool2x2="avg_pool"),
@@ -182,8 +174,8 @@ def test_policy_is_installed_restored_and_checked():
 
 
 def test_cpu_policy_choices():
-    """The CPU policy (src/deploy/tuning.py) picks the forms measured fastest: the thresholds,
-    and a replaced threshold, as documented there."""
+    """The CPU policy (src/structured/sumpool.py, the default) picks the forms measured fastest:
+    the thresholds, and a replaced threshold, as documented there."""
     p = CPU_SUM_POOL_POLICY
     assert isinstance(p, CpuSumPoolPolicy) and isinstance(p, SumPoolPolicy)
     sym, asym = (1, 1, 1, 1), (0, 1, 0, 1)
@@ -205,6 +197,75 @@ def test_cpu_policy_choices():
 
     tuned = dataclasses.replace(p, avgpool_min_channels=16)
     assert tuned.pool2x2_form(few, sym) == "avg_pool" and p.pool2x2_form(few, sym) == "ones_conv"
+
+
+_POLICY_PROBE = """
+import sys
+import torch
+from src.structured import decompose, get_sum_pool_policy, project
+from src.models import create_model
+
+def forms():
+    # the sum-pool forms the installed policy picks for a decomposed struct_resnet20_a, channels_last
+    policy, seen = get_sum_pool_policy(), set()
+    cls = type(policy)
+    originals = {m: getattr(cls, m) for m in ("channel_form", "pool2x2_form", "export_form")}
+    for m, f in originals.items():
+        setattr(cls, m, lambda self, *a, _f=f, _m=m: seen.add((_m, _f(self, *a))) or _f(self, *a))
+    try:
+        model = decompose(project(create_model("struct_resnet20_a").eval()), tol=float("inf"))
+        model = model.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            for batch in (1, 8):
+                model(torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last))
+    finally:
+        for m, f in originals.items():
+            setattr(cls, m, f)
+    return repr(policy), sorted(seen)
+
+core = forms()
+assert "src.deploy" not in sys.modules, "importing the core imported src.deploy"
+before = get_sum_pool_policy()
+import src.deploy  # noqa: E402
+assert get_sum_pool_policy() is before, "importing src.deploy changed the sum-pool policy"
+print(core == forms(), core)
+"""
+
+
+def test_core_alone_takes_the_fast_forms_and_no_import_changes_them():
+    """In a fresh interpreter, ``import src.structured`` alone (src.deploy never imported) installs
+    the CPU-fast policy, and a decomposed model takes the same sum-pool forms as after importing
+    src.deploy, whose import leaves the policy alone."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _POLICY_PROBE], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    same, _, core = out.stdout.strip().partition(" ")
+    assert same == "True", out.stdout
+    # the fast 2 x 2 forms (one avg_pool2d or ones-kernel conv), not the reference pads and adds
+    assert "CpuSumPoolPolicy" in core and "'avg_pool')" in core and "'ones_conv')" in core, core
+    assert "'padded')" not in core, core
+
+
+def test_default_policy_is_the_cpu_one_and_reference_is_explicit():
+    """The core's default is the CPU policy; the reference policy (general forms everywhere) is
+    one explicit call away and takes pads and adds where the default takes one call."""
+    from unittest import mock
+
+    assert sumpool.DEFAULT_SUM_POOL_POLICY is CPU_SUM_POOL_POLICY
+    assert type(REFERENCE_SUM_POOL_POLICY) is SumPoolPolicy
+    x = torch.randn(4, 16, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        with sum_pool_policy(REFERENCE_SUM_POOL_POLICY), \
+                mock.patch.object(sumpool, "_padded_sum", wraps=sumpool._padded_sum) as padded:
+            ref = SumPool(1, 2, 1)(x)
+        assert padded.call_count == 1
+        with sum_pool_policy(CPU_SUM_POOL_POLICY), \
+                mock.patch.object(sumpool, "_padded_sum", wraps=sumpool._padded_sum) as padded:
+            fast = SumPool(1, 2, 1)(x)
+        assert padded.call_count == 0 and rel_err(fast, ref) < 1e-6
 
 
 def test_core_never_imports_the_deploy_layer():

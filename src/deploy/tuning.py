@@ -1,19 +1,15 @@
 """Deployment tuning: how fast the exact method runs on given hardware, never what it computes.
 
-The core (src/structured) holds the method and every exact form of it; this module holds the
-choices among those forms that were made by measuring, on this project's CPU:
+The core (src/structured) holds the method, every exact form of it and the default choice among
+the sum-pool forms (the CPU-fast exact forms, ``src.structured.CPU_SUM_POOL_POLICY``); this
+module holds the explicit, measured per-model choices:
 
-- :class:`CpuSumPoolPolicy` / :data:`CPU_SUM_POOL_POLICY`: which exact sum-pool form runs where
-  several apply (thresholds measured with interleaved timing, ``python -m src.bench``). It is
-  installed into the core (``src.structured.sumpool.set_sum_pool_policy``) when this module is
-  first imported, i.e. on any import of ``src.deploy``, unless another policy was installed
-  first; without it the core runs its reference forms (same results up to rounding, slower).
-  Override a threshold with ``set_sum_pool_policy(dataclasses.replace(CPU_SUM_POOL_POLICY, ...))``.
 - :func:`plan_recompose`: the per-layer deploy plan (layer name -> exact form,
   src/deploy/forms.py), measured on an example input on the backend that will run the model:
   eager PyTorch, ``torch.compile`` or ONNX Runtime (src/deploy/runtimes.py).
-- :func:`time_interleaved`: the wall-clock timer both of them, and the benchmarks (src/bench),
-  use.
+- :func:`time_interleaved`: the wall-clock timer it, and the benchmarks (src/bench), use.
+
+Importing it changes nothing in the core (no policy is installed as a side effect).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -30,13 +25,11 @@ from torch import nn
 from src.structured._util import is_channels_last
 from src.structured.layers import StructuredLayer
 from src.structured.ops import DEPLOY_FORMS, decompose
-from src.structured.sumpool import SumPoolPolicy, get_sum_pool_policy, set_sum_pool_policy
 
 from .forms import LayerForm, layer_forms, plannable_layers, rewrite_layer
 from .runtimes import RUNTIMES as PLAN_BACKENDS
 
-__all__ = ["time_interleaved", "plan_recompose", "PLAN_FORMS", "PLAN_BACKENDS", "CpuSumPoolPolicy",
-           "CPU_SUM_POOL_POLICY"]
+__all__ = ["time_interleaved", "plan_recompose", "PLAN_FORMS", "PLAN_BACKENDS"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,63 +57,11 @@ def time_interleaved(fns: Sequence[Callable[[], object]], reps: int = 20, warmup
 
 
 # ------------------------------------------------------------------------------------------------
-# The sum-pool policy
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpuSumPoolPolicy(SumPoolPolicy):
-    """The sum-pool forms measured fastest on this project's CPU (eager PyTorch with oneDNN,
-    interleaved timing as in ``python -m src.bench``, transparent huge pages on). Each field is a
-    measured crossover; see src/structured/sumpool.py for the forms themselves."""
-
-    cumsum_min_window: int = 32
-    """From this channel window on, cumulative-sum differences ("cumsum") beat binary doubling."""
-
-    small_input: int = 1 << 16
-    """Below this many elements op overhead dominates and a 2 x 2 inference input takes a one-op
-    or fewer-op form; from it on, an NCHW input takes one add pass per axis into a preallocated
-    output ("pair_adds"; the NCHW ``avg_pool2d`` kernel is several times slower)."""
-
-    avgpool_min_channels: int = 64
-    """channels_last 2 x 2 inference input: ``avg_pool2d`` with ``divisor_override=1`` is fastest
-    for small inputs and from this many channels on (256 ch 14x14 x16: 0.20 ms vs 0.62 ms for two
-    add passes); below it, a float32 input runs faster as a depthwise conv with a ones kernel
-    (16 ch 32x32 x128: avg_pool 1.29, add passes 1.00, depthwise 0.59 ms)."""
-
-    onnx_average_pool: bool = True
-    """During ONNX export: AveragePool times the window size, the form ONNX Runtime runs fastest
-    (measured 2x faster than pads and adds)."""
-
-    def channel_form(self, x: torch.Tensor, window: int, groups: int) -> str:  # noqa: D102
-        return "cumsum" if window >= self.cumsum_min_window else "doubling"
-
-    def pool2x2_form(self, x: torch.Tensor, pads: tuple[int, int, int, int]) -> str:  # noqa: D102
-        left, right, top, bottom = pads
-        if left == right and top == bottom and is_channels_last(x):
-            if x.size(1) >= self.avgpool_min_channels or x.numel() < self.small_input or x.dtype != torch.float32:
-                return "avg_pool"
-            return "ones_conv"
-        if x.numel() >= self.small_input and x.size(2) > 1 and x.size(3) > 1:
-            return "pair_adds"
-        return "padded"
-
-    def export_form(self, kernel: tuple[int, int], pads: tuple[int, int, int, int]) -> str:  # noqa: D102
-        return "onnx_average_pool" if self.onnx_average_pool else "padded"
-
-
-CPU_SUM_POOL_POLICY = CpuSumPoolPolicy()
-
-if type(get_sum_pool_policy()) is SumPoolPolicy:  # the core's reference default, not a policy someone chose
-    set_sum_pool_policy(CPU_SUM_POOL_POLICY)
-
-
-# ------------------------------------------------------------------------------------------------
 # The deploy plan
 # ------------------------------------------------------------------------------------------------
 
 PLAN_FORMS: dict[str, tuple[str, ...]] = {
-    # eager: the installed policy already picks the fastest sum-pool form per input, so the
+    # eager: the sum-pool policy (the core's default) already picks the fastest sum-pool form per input, so the
     # layer kinds matter most; the new fixed-kernel forms are candidates too
     "eager": ("decomposed", "spatial", "dense", "decomposed[ch=ones_conv]", "decomposed[sp=mean]",
               "spatial[sp=mean]"),

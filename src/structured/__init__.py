@@ -5,9 +5,12 @@ regularizer (:func:`structural_loss`), projection (:func:`project`), exact decom
 sum-pooling + small conv (:func:`decompose`), declarative conversion of any model
 (:func:`structurize`) and analytic counting (:func:`complexity`). No Lightning, Hydra or wandb.
 
-Only the method and its exact forms live here. Deployment tuning (which exact sum-pool form runs
-fastest where, the per-layer deploy plan, the timer) lives in src/deploy/tuning.py; the core
-never imports it, and consults it only through the hook :func:`set_sum_pool_policy`.
+Only the method, its exact forms and the default choice among them live here: which exact
+sum-pool form runs where is the installed :class:`SumPoolPolicy`, by default the CPU-fast exact
+forms (:data:`CPU_SUM_POOL_POLICY`); :data:`REFERENCE_SUM_POOL_POLICY` (the general forms) is
+installed only by an explicit :func:`set_sum_pool_policy` / :func:`sum_pool_policy`, and no import
+changes the policy. Timing-based per-model deploy plans live in src/deploy/ (explicit calls); the
+core never imports it.
 """
 
 from .basis import box_matrix, coefficients, compose, project_weight, relative_residual
@@ -22,6 +25,9 @@ from .layers import (
 from .ops import decompose, project, structural_loss, structural_residuals, structured_layers
 from .structurize import Rule, StructurizeReport, load_rules, parse_rules, plan_structure, structurize
 from .sumpool import (
+    CPU_SUM_POOL_POLICY,
+    REFERENCE_SUM_POOL_POLICY,
+    CpuSumPoolPolicy,
     FeatureSumPool,
     SumPool,
     SumPoolPolicy,
@@ -35,7 +41,8 @@ from .sumpool import (
 __all__ = [
     "StructuredConv2d", "StructuredLinear", "StructuredLayer", "DecomposedConv2d", "DecomposedLinear",
     "SumPool", "FeatureSumPool", "sum_pool2d", "window_sum",
-    "SumPoolPolicy", "get_sum_pool_policy", "set_sum_pool_policy", "sum_pool_policy",
+    "SumPoolPolicy", "CpuSumPoolPolicy", "CPU_SUM_POOL_POLICY", "REFERENCE_SUM_POOL_POLICY",
+    "get_sum_pool_policy", "set_sum_pool_policy", "sum_pool_policy",
     "structural_loss", "structural_residuals", "structured_layers", "project", "decompose",
     "structurize", "plan_structure", "parse_rules", "load_rules", "Rule", "StructurizeReport",
     "complexity", "Complexity", "LayerCost",

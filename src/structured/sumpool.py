@@ -4,9 +4,11 @@ The window sum over channels (within groups) and space is separable, so it is co
 at a time, channels first (that shrinks the tensor). Each sum has several exact forms, listed
 below with what they need; they agree up to rounding. Which one runs where several apply is a
 speed choice, not part of the method: the installed :class:`SumPoolPolicy` makes it (see
-:func:`set_sum_pool_policy`). The default, ``SumPoolPolicy()``, takes the general forms
-everywhere; importing ``src.deploy`` installs the CPU-tuned policy of src/deploy/tuning.py (the
-deployment layer), which ``python -m src.bench`` measures.
+:func:`set_sum_pool_policy`). The default, :data:`DEFAULT_SUM_POOL_POLICY`
+(:class:`CpuSumPoolPolicy`), picks the forms measured fastest on CPU (``python -m src.bench``);
+:data:`REFERENCE_SUM_POOL_POLICY` (``SumPoolPolicy()``) takes the general forms everywhere, for
+tests and comparisons. Only an explicit :func:`set_sum_pool_policy` / :func:`sum_pool_policy`
+changes the policy; no import does.
 
 Channel window (:meth:`SumPoolPolicy.channel_form`), over the channels of each group:
 
@@ -54,6 +56,7 @@ slower than the conv it replaces). Every form keeps the input's memory format.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -62,7 +65,8 @@ from torch import nn
 
 from ._util import constant, is_channels_last, pair
 
-__all__ = ["window_sum", "sum_pool2d", "SumPool", "FeatureSumPool", "SumPoolPolicy", "get_sum_pool_policy",
+__all__ = ["window_sum", "sum_pool2d", "SumPool", "FeatureSumPool", "SumPoolPolicy", "CpuSumPoolPolicy",
+           "CPU_SUM_POOL_POLICY", "REFERENCE_SUM_POOL_POLICY", "DEFAULT_SUM_POOL_POLICY", "get_sum_pool_policy",
            "set_sum_pool_policy", "sum_pool_policy", "CHANNEL_FORMS", "SPATIAL_FORMS", "channel_window_ones",
            "spatial_window_ones", "channel_window_sum", "spatial_window_sum", "window_mean2d"]
 
@@ -81,9 +85,10 @@ SPATIAL_FORMS = ("padded", "pair_adds", "avg_pool", "ones_conv", "avg_pool_area"
 class SumPoolPolicy:
     """Which exact form computes a window sum where several apply (see the module docstring for
     the forms and what each needs). A speed choice only: every answer computes the same sums, up
-    to rounding. This base class is the reference policy, the general forms everywhere; subclass
-    it (src/deploy/tuning.py does) and install it with :func:`set_sum_pool_policy` or
-    :func:`sum_pool_policy`. An answer that does not apply raises ValueError."""
+    to rounding. This base class is the reference policy, the general forms everywhere
+    (:data:`REFERENCE_SUM_POOL_POLICY`); :class:`CpuSumPoolPolicy` is the default. Subclass it and
+    install it with :func:`set_sum_pool_policy` or :func:`sum_pool_policy`. An answer that does
+    not apply raises ValueError."""
 
     def channel_form(self, x: torch.Tensor, window: int, groups: int) -> str:
         """``"doubling"``, ``"cumsum"`` or ``"ones_conv"``, for the window sum over the channels of each of `groups`
@@ -106,7 +111,56 @@ class SumPoolPolicy:
         return f"{type(self).__name__}()"
 
 
-_policy: SumPoolPolicy = SumPoolPolicy()
+@dataclass(frozen=True)
+class CpuSumPoolPolicy(SumPoolPolicy):
+    """The sum-pool forms measured fastest on this project's CPU (eager PyTorch with oneDNN,
+    interleaved timing as in ``python -m src.bench``, transparent huge pages on): the default
+    policy. Each field is a measured crossover; override one with
+    ``set_sum_pool_policy(dataclasses.replace(CPU_SUM_POOL_POLICY, ...))``."""
+
+    cumsum_min_window: int = 32
+    """From this channel window on, cumulative-sum differences ("cumsum") beat binary doubling."""
+
+    small_input: int = 1 << 16
+    """Below this many elements op overhead dominates and a 2 x 2 inference input takes a one-op
+    or fewer-op form; from it on, an NCHW input takes one add pass per axis into a preallocated
+    output ("pair_adds"; the NCHW ``avg_pool2d`` kernel is several times slower)."""
+
+    avgpool_min_channels: int = 64
+    """channels_last 2 x 2 inference input: ``avg_pool2d`` with ``divisor_override=1`` is fastest
+    for small inputs and from this many channels on (256 ch 14x14 x16: 0.20 ms vs 0.62 ms for two
+    add passes); below it, a float32 input runs faster as a depthwise conv with a ones kernel
+    (16 ch 32x32 x128: avg_pool 1.29, add passes 1.00, depthwise 0.59 ms)."""
+
+    onnx_average_pool: bool = True
+    """During ONNX export: AveragePool times the window size, the form ONNX Runtime runs fastest
+    (measured 2x faster than pads and adds)."""
+
+    def channel_form(self, x: torch.Tensor, window: int, groups: int) -> str:  # noqa: D102
+        return "cumsum" if window >= self.cumsum_min_window else "doubling"
+
+    def pool2x2_form(self, x: torch.Tensor, pads: tuple[int, int, int, int]) -> str:  # noqa: D102
+        left, right, top, bottom = pads
+        if left == right and top == bottom and is_channels_last(x):
+            if x.size(1) >= self.avgpool_min_channels or x.numel() < self.small_input or x.dtype != torch.float32:
+                return "avg_pool"
+            return "ones_conv"
+        if x.numel() >= self.small_input and x.size(2) > 1 and x.size(3) > 1:
+            return "pair_adds"
+        return "padded"
+
+    def export_form(self, kernel: tuple[int, int], pads: tuple[int, int, int, int]) -> str:  # noqa: D102
+        return "onnx_average_pool" if self.onnx_average_pool else "padded"
+
+
+CPU_SUM_POOL_POLICY = CpuSumPoolPolicy()
+"""The CPU-tuned policy with its measured thresholds."""
+REFERENCE_SUM_POOL_POLICY = SumPoolPolicy()
+"""The general forms everywhere (what the exactness tests compare every other form against)."""
+DEFAULT_SUM_POOL_POLICY: SumPoolPolicy = CPU_SUM_POOL_POLICY
+"""The policy installed when src.structured is imported: the CPU-fast exact forms."""
+
+_policy: SumPoolPolicy = DEFAULT_SUM_POOL_POLICY
 
 
 def get_sum_pool_policy() -> SumPoolPolicy:
