@@ -72,7 +72,7 @@ def check_results_dir(out: str | Path, allow_dirty: bool = False) -> None:
 
 # What a training run executes (relative to the repository root), and what under it only reports.
 TRAINING_CODE = ("src", "conf")
-REPORT_CODE = ("src/bench/", "src/tables.py")
+REPORT_CODE = ("src/bench/", "src/tables/")
 _CODE_SUFFIXES = (".py", ".yaml", ".yml")
 
 
