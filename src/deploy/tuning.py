@@ -7,7 +7,8 @@ module holds the explicit, measured per-model choices:
 - :func:`plan_recompose`: the per-layer deploy plan (layer name -> exact form,
   src/deploy/forms.py), measured on an example input on the backend that will run the model:
   eager PyTorch, ``torch.compile`` or ONNX Runtime (src/deploy/runtimes.py).
-- :func:`time_interleaved`: the wall-clock timer it, and the benchmarks (src/bench), use.
+- :func:`time_interleaved` (src/timer.py): the wall-clock timer it, and the benchmarks
+  (src/bench), use; re-exported here.
 
 Importing it changes nothing in the core (no policy is installed as a side effect).
 """
@@ -15,9 +16,7 @@ Importing it changes nothing in the core (no policy is installed as a side effec
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -25,6 +24,7 @@ from torch import nn
 from src.structured._util import is_channels_last
 from src.structured.layers import StructuredLayer
 from src.structured.ops import DEPLOY_FORMS, decompose
+from src.timer import time_interleaved
 
 from .forms import LayerForm, layer_forms, plannable_layers, rewrite_layer
 from .runtimes import RUNTIMES as PLAN_BACKENDS
@@ -33,36 +33,12 @@ __all__ = ["time_interleaved", "plan_recompose", "PLAN_FORMS", "PLAN_BACKENDS"]
 
 
 # ------------------------------------------------------------------------------------------------
-# The timer
-# ------------------------------------------------------------------------------------------------
-
-
-def time_interleaved(fns: Sequence[Callable[[], object]], reps: int = 20, warmup: int = 3,
-                     min_time: float = 0.0) -> list[float]:
-    """Median seconds per call of each fn, timed round-robin in one process, so machine noise hits
-    them alike. Runs at least `reps` rounds and keeps going until `min_time` seconds have been
-    spent per fn."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    while True:
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            samples[i].append(time.perf_counter() - t0)
-        if len(samples[0]) >= reps and sum(samples[0]) >= min_time:
-            break
-    return [statistics.median(s) for s in samples]
-
-
-# ------------------------------------------------------------------------------------------------
 # The deploy plan
 # ------------------------------------------------------------------------------------------------
 
 PLAN_FORMS: dict[str, tuple[str, ...]] = {
-    # eager: the sum-pool policy (the core's default) already picks the fastest sum-pool form per input, so the
-    # layer kinds matter most; the new fixed-kernel forms are candidates too
+    # eager: the core's default sum-pool policy already picks the fastest sum-pool form per
+    # input, so the layer kinds matter most; the new fixed-kernel forms are candidates too
     "eager": ("decomposed", "spatial", "dense", "decomposed[ch=ones_conv]", "decomposed[sp=mean]",
               "spatial[sp=mean]"),
     # inductor fuses pads / slices / adds itself; a conv-only or pool + conv layer may still win
