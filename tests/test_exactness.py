@@ -23,7 +23,7 @@ from src.structured import (
     sum_pool_policy,
     sumpool,
 )
-from src.deploy import plan_recompose
+from src.deploy import decompose_planned, plan_recompose
 
 from .conftest import rel_err
 from .test_sumpool import reference_sum_pool
@@ -156,7 +156,7 @@ def test_decomposed_alpha_trains_and_init_matches_dense_variance():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dense_recompose_is_a_plain_layer(channels_last):
-    """decompose(..., recompose={name: "dense"}) deploys a plain nn.Conv2d / nn.Linear holding the
+    """decompose_planned(model, {name: "dense"}) deploys a plain nn.Conv2d / nn.Linear holding the
     projected kernel: no longer a structured layer for structured_layers, structural_loss and
     complexity (counted as the dense k x k conv it is), and the same function as the decomposed model."""
     from torch import nn
@@ -176,8 +176,8 @@ def test_dense_recompose_is_a_plain_layer(channels_last):
         model = model.to(memory_format=torch.channels_last)
     x = torch.randn(3, 6, 9, 10, dtype=torch.float64)
     dense_names = {"0": "dense", "2": "dense", "4": "dense"}
-    for recompose in (dense_names, ["0", "2", "4"], {"0": "dense"}):
-        dec = decompose(model, recompose=recompose)
+    for recompose in (dense_names, {"0": "dense"}):
+        dec = decompose_planned(model, recompose)
         for name in recompose:
             layer, src = dec.get_submodule(name), model.get_submodule(name)
             plain = nn.Linear if name == "4" else nn.Conv2d
@@ -194,7 +194,7 @@ def test_dense_recompose_is_a_plain_layer(channels_last):
             assert isinstance(dec.get_submodule(name), (DecomposedConv2d, DecomposedLinear))
         with torch.no_grad():
             assert rel_err(dec(x), decompose(model)(x)) <= 1e-12
-    dec = decompose(model, recompose=dense_names)
+    dec = decompose_planned(model, dense_names)
     assert float(structural_loss(dec)) == 0.0
     c = complexity(dec, (6, 9, 10))
     costs = {cost.name: cost for cost in c.layers}
@@ -207,7 +207,7 @@ def test_dense_recompose_is_a_plain_layer(channels_last):
     assert c.mults == c.mults_decomposed == complexity(model, (6, 9, 10)).mults
     # the single-layer form too, with requires_grad and mode kept
     layer = model[0].eval()
-    single = decompose(layer, recompose={"": "dense"})
+    single = decompose_planned(layer, {"": "dense"})
     assert type(single) is nn.Conv2d and not single.training and single.weight.requires_grad
     with torch.no_grad():
         assert rel_err(single(x), decompose(layer)(x)) <= 1e-12
@@ -243,7 +243,7 @@ def test_deploy_plan_rows_time_the_same_function(monkeypatch):
     assert expected and len(expected) < len(every)
     assert plan == expected
     half = every[::2]
-    mixed = decompose(model, recompose=half)  # re-composed layers: one conv, the projected 3x3 kernel
+    mixed = decompose_planned(model, dict.fromkeys(half, "dense"))  # one conv, the projected 3x3 kernel
     for n in every:
         layer = mixed.get_submodule(n)
         if n in half:
@@ -253,11 +253,11 @@ def test_deploy_plan_rows_time_the_same_function(monkeypatch):
             assert isinstance(layer, DecomposedConv2d), n
     with torch.no_grad():
         assert rel_err(mixed(x), decompose(model)(x)) <= 1e-5
-        assert rel_err(decompose(model, recompose=plan)(x), decompose(model)(x)) <= 1e-5
-    with pytest.raises(ValueError, match="no structured layer"):
-        decompose(model, recompose=["fc"])
-    with pytest.raises(ValueError, match="exclude each other"):
-        decompose(model, recompose=half, reinit=True)
+        assert rel_err(decompose_planned(model, plan)(x), decompose(model)(x)) <= 1e-5
+    with pytest.raises(ValueError, match="names no decomposable layer"):
+        decompose_planned(model, {"fc": "dense"})
+    with pytest.raises(TypeError):  # the core's decompose takes no plan: src.deploy.decompose_planned does
+        decompose(model, recompose=half)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -320,23 +320,23 @@ def test_deploy_forms_are_exact_and_validated(monkeypatch):
     with torch.no_grad():
         y = ref(x)
         for form in ("spatial", "dense"):
-            other = decompose(model, recompose={n: form for n in names})
+            other = decompose_planned(model, {n: form for n in names})
             assert rel_err(other(x), y) < 1e-12, form
-    spatial = decompose(model, recompose={names[0]: "spatial"})
+    spatial = decompose_planned(model, {names[0]: "spatial"})
     layer = spatial.get_submodule(names[0])
     assert isinstance(layer, DecomposedConv2d) and layer.pool.channel_window == 1
     assert layer.conv.weight.shape[1] == model.get_submodule(names[0]).in_channels  # all channels
-    with pytest.raises(ValueError, match="unknown deploy form"):
-        decompose(model, recompose={names[0]: "sparse"})
-    lin = torch.nn.Sequential(StructuredLinear(8, 4, inner_features=3))
-    with pytest.raises(ValueError, match="'0'.*no spatial axes"):
-        decompose(lin, recompose={"0": "spatial"})
-    # the real timer: whatever it measured here, its plan is one decompose takes, and exact
+    with pytest.raises(ValueError, match="unknown kind 'sparse'"):
+        decompose_planned(model, {names[0]: "sparse"})
+    lin = project(torch.nn.Sequential(StructuredLinear(8, 4, inner_features=3)))
+    with pytest.raises(ValueError, match="'0'.*'spatial' does not apply to DecomposedLinear"):
+        decompose_planned(lin, {"0": "spatial"})
+    # the real timer: whatever it measured here, its plan is one decompose_planned takes, and exact
     f32 = copy.deepcopy(model).float()
     measured = plan_recompose(f32, x.float(), reps=1)
     assert set(measured) <= set(names) and set(measured.values()) <= {"spatial", "dense"}
     with torch.no_grad():
-        assert rel_err(decompose(model, recompose=measured)(x), y) < 1e-12
+        assert rel_err(decompose_planned(model, measured)(x), y) < 1e-12
     # scripted measurements: the spatial form 2x faster on the 64-channel layers only
     _scripted_timer(monkeypatch, lambda out: 0.5 if out.shape[1] == 64 else 1.5)
     plan = plan_recompose(f32, x.float(), reps=1, forms=("decomposed", "spatial"))

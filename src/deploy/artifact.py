@@ -144,7 +144,8 @@ def save_deploy(path: str | Path, model: nn.Module, *, model_name: str, route: s
     classification inputs (H, W > 64), else 1. `model_kwargs` / `structure`: what
     ``create_model(model_name, ...)`` was given besides num_classes, so that
     :func:`load_deploy` builds the same architecture. `recompose`: deploy forms other than
-    "decomposed" (as for ``decompose(recompose=...)``). `compress`: ``{"method", "mults_ratio"}``
+    "decomposed", by layer: the deploy plan the model was built with
+    (``src.deploy.decompose_planned(model, plan)``). `compress`: ``{"method", "mults_ratio"}``
     of a model compressed by :func:`src.compress.compress` (its architecture is rebuilt by the
     same call: the shapes depend on the method and ratio, not on the weights). `extra`: anything
     else (plain containers).
@@ -216,7 +217,9 @@ def _architectures(name: str, num_classes: int, kwargs: Mapping[str, Any], struc
                    input_size: Sequence[int] | None = None) -> Iterable[tuple[str, nn.Module]]:
     """(label, randomly initialised model) in the forms a deploy file may hold: decomposed first."""
     from src.models import create_model
-    from src.structured import decompose, structured_layers
+    from src.structured import structured_layers
+
+    from .forms import decompose_planned
 
     model = create_model(name, num_classes=num_classes, structure=structure or None, **kwargs).eval()
     if compress:  # a src.compress baseline: the same call rebuilds its architecture
@@ -225,7 +228,7 @@ def _architectures(name: str, num_classes: int, kwargs: Mapping[str, Any], struc
         model = compress_model(model, compress["method"], compress["mults_ratio"],
                                tuple(input_size or get_entry_size(name))).eval()
     if any(True for _ in structured_layers(model)):
-        yield "decomposed", decompose(model, tol=math.inf, recompose=dict(recompose))
+        yield "decomposed", decompose_planned(model, dict(recompose), tol=math.inf)
         yield "train form", model  # e.g. a deploy file of layers all kept in the dense form
     else:
         yield "dense", model

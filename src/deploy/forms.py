@@ -43,7 +43,7 @@ from torch import nn
 from src.structured._util import is_channels_last
 from src.structured.basis import compose
 from src.structured.layers import DecomposedConv2d, DecomposedLinear, StructuredLayer
-from src.structured.ops import DECOMPOSE_TOLERANCE, DEPLOY_FORMS, decompose
+from src.structured.ops import DECOMPOSE_TOLERANCE, decompose
 from src.structured.sumpool import (
     CHANNEL_FORMS,
     SPATIAL_FORMS,
@@ -56,9 +56,11 @@ from src.structured.sumpool import (
     window_mean2d,
 )
 
-__all__ = ["LayerForm", "FixedSumPool", "PooledConv2d", "PaddedConv2d", "layer_forms", "rewrite_layer",
-           "decompose_planned", "plannable_layers", "plan_summary", "SPATIAL_SUBFORMS"]
+__all__ = ["DEPLOY_FORMS", "LayerForm", "FixedSumPool", "PooledConv2d", "PaddedConv2d", "layer_forms",
+           "rewrite_layer", "decompose_planned", "plannable_layers", "plan_summary", "SPATIAL_SUBFORMS"]
 
+DEPLOY_FORMS = ("decomposed", "spatial", "dense")
+"""The layer kinds a plan can put a structured layer in (a form's kind)."""
 SPATIAL_SUBFORMS = (*SPATIAL_FORMS, "mean")
 _FORM_RE = re.compile(r"^\s*(\w+)\s*(?:\[([^\]]*)\])?\s*$")
 
@@ -280,16 +282,22 @@ def _spatial_of(layer: DecomposedConv2d) -> DecomposedConv2d:
 def rewrite_layer(layer: nn.Module, form: str | LayerForm) -> nn.Module:
     """`layer` (a structured layer, or a DecomposedConv2d / DecomposedLinear) in `form`, as a new
     module computing the same function up to rounding; `layer` is not modified. ValueError when
-    the form does not apply to the layer (see :func:`layer_forms`)."""
+    the form does not apply to the layer (see :func:`layer_forms`). A train-form layer's kinds
+    are built by the core from its kernel (``to_decomposed()``, ``to_decomposed(spatial_only=True)``,
+    ``to_dense()``: the projection, in float64); a decomposed layer's from its alpha."""
     form = LayerForm.parse(form)
-    if isinstance(layer, StructuredLayer):
-        layer = decompose(layer, tol=float("inf"))
+    train_form = layer if isinstance(layer, StructuredLayer) else None
+    if train_form is not None:
+        layer = decompose(train_form, tol=float("inf"))
     if not layer_forms(layer, [form]) and not form.is_default:
         raise ValueError(f"deploy form '{form}' does not apply to {type(layer).__name__} "
                          f"({_describe(layer)})")
     if form.kind == "dense":
-        return _dense_of(layer)
-    base = _spatial_of(layer) if form.kind == "spatial" else copy.deepcopy(layer)
+        return train_form.to_dense() if train_form is not None else _dense_of(layer)
+    if form.kind == "spatial":
+        base = train_form.to_decomposed(spatial_only=True) if train_form is not None else _spatial_of(layer)
+    else:
+        base = layer if train_form is not None else copy.deepcopy(layer)
     if form.is_default or (form.kind == "spatial" and form.spatial is None):
         return base
     pool, conv = base.pool, base.conv
@@ -324,24 +332,27 @@ def plannable_layers(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def decompose_planned(module: nn.Module, plan: Mapping[str, str | LayerForm] | None = None, *,
                       tol: float = DECOMPOSE_TOLERANCE) -> nn.Module:
-    """The deploy form of `module` with each layer of `plan` (name -> form) in its form, the
-    others decomposed. `module` is a train-form structured model (decomposed first, see
-    :func:`src.structured.decompose`, `tol`) or an already decomposed one; it is not modified.
-    A plan of plain kinds is the same as ``decompose(module, recompose=plan)``."""
+    """The deploy form of `module` with each layer of `plan` (name -> form, :class:`LayerForm`
+    text such as ``"dense"``, ``"spatial"`` or ``"decomposed[ch=ones_conv]"``) in its form, the
+    others decomposed: the one entry for deploy plans (``src.structured.decompose`` gives the
+    plain decomposed form). `module` is a train-form structured model (decomposed as by
+    :func:`src.structured.decompose`, `tol`; its planned layers are built from their train form,
+    see :func:`rewrite_layer`) or an already decomposed one (a deploy artifact's model); it is
+    not modified."""
     forms = {name: LayerForm.parse(f) for name, f in (plan or {}).items()}
-    if any(isinstance(m, StructuredLayer) for _, m in plannable_layers(module)):
+    source = dict(plannable_layers(module))
+    unknown = sorted(set(forms) - set(source))
+    if unknown:
+        raise ValueError(f"decompose_planned: the plan names no decomposable layer: {unknown}")
+    if any(isinstance(m, StructuredLayer) for m in source.values()):
         model = decompose(module, tol=tol)
     else:
         model = copy.deepcopy(module)
-    known = dict(plannable_layers(model))
-    unknown = sorted(set(forms) - set(known))
-    if unknown:
-        raise ValueError(f"decompose_planned: the plan names no decomposable layer: {unknown}")
     for name, form in forms.items():
         if form.is_default:
             continue
         try:
-            new = rewrite_layer(known[name], form)
+            new = rewrite_layer(source[name], form)
         except ValueError as e:
             raise ValueError(f"decompose_planned: layer '{name}': {e}") from None
         if name == "":

@@ -23,10 +23,10 @@ from torch import nn
 
 from src.structured._util import is_channels_last
 from src.structured.layers import StructuredLayer
-from src.structured.ops import DEPLOY_FORMS, decompose
+from src.structured.ops import decompose
 from src.timer import time_interleaved
 
-from .forms import LayerForm, layer_forms, plannable_layers, rewrite_layer
+from .forms import DEPLOY_FORMS, LayerForm, decompose_planned, layer_forms, plannable_layers, rewrite_layer
 from .runtimes import RUNTIMES as PLAN_BACKENDS
 
 __all__ = ["time_interleaved", "plan_recompose", "PLAN_FORMS", "PLAN_BACKENDS"]
@@ -52,7 +52,7 @@ PLAN_FORMS: dict[str, tuple[str, ...]] = {
 }
 """The candidate forms each backend's plan times by default (src/deploy/forms.py); each layer is
 timed in those that apply to it. ``plan_recompose(..., backend="eager")`` without `forms` times
-only the three layer kinds (DEPLOY_FORMS), whose plan ``decompose(recompose=plan)`` takes."""
+only the three layer kinds (DEPLOY_FORMS)."""
 
 
 def _signature(layer: nn.Module, x: torch.Tensor) -> tuple:
@@ -133,7 +133,6 @@ def _uniform_plans(module: nn.Module, forms: Sequence[LayerForm], layers: dict[s
 
 def _time_whole_models(module, x, plans, backend, reps, threads):
     """Seconds per forward of `module` deployed with each plan, on `backend`, interleaved."""
-    from .forms import decompose_planned
     from .runtimes import compile_session, compiled_runner, eager_runner, onnxruntime_runner
 
     fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
@@ -155,8 +154,7 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
                    threads: int | None = None, refine: bool = False) -> dict[str, str]:
     """The deploy plan for `backend` ("eager", "compile" or "onnxruntime"): layer name -> form
     for the layers of `module` that run faster in another exact form than decomposed, measured
-    on this machine, on that backend. Apply it with :func:`src.deploy.forms.decompose_planned`
-    (or, for a plan of plain layer kinds, ``decompose(module, recompose=plan)``).
+    on this machine, on that backend. Apply it with :func:`src.deploy.forms.decompose_planned`.
 
     `module` is a train-form structured model or an already decomposed one. One forward pass of
     `example_input` records each layer's input. Layers are grouped by what their speed depends on

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from .basis import layer_residuals
-from .layers import DecomposedConv2d, DecomposedLinear, StructuredConv2d, StructuredLayer
+from .layers import DecomposedConv2d, DecomposedLinear, StructuredLayer
 
 __all__ = [
     "structured_layers",
@@ -18,7 +18,6 @@ __all__ = [
     "structural_residuals",
     "project",
     "decompose",
-    "DEPLOY_FORMS",
     "DECOMPOSE_TOLERANCE",
 ]
 
@@ -70,11 +69,7 @@ def project(module: nn.Module) -> nn.Module:
     return module
 
 
-# Deploy forms of a structured layer (see decompose's `recompose`).
-DEPLOY_FORMS = ("decomposed", "spatial", "dense")
-
-
-def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool, form: str) -> nn.Module:
+def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool) -> nn.Module:
     residual = float(layer.structural_residual().detach())
     if residual > tol:
         warnings.warn(
@@ -82,10 +77,6 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
             f"residual {residual:.3e} > {tol:.0e}); decomposing its projection",
             stacklevel=3,
         )
-    if form == "dense":
-        return layer.to_dense()
-    if form == "spatial":
-        return layer.to_decomposed(spatial_only=True)
     dec = layer.to_decomposed()
     if reinit:
         # The composed kernel gets the variance the layer's own (dense) init gave it, so the
@@ -94,8 +85,7 @@ def _decompose_layer(name: str, layer: StructuredLayer, tol: float, reinit: bool
     return dec
 
 
-def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bool = False,
-              recompose: Iterable[str] | Mapping[str, str] = ()) -> nn.Module:
+def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bool = False) -> nn.Module:
     """The deploy form of `module` (a single structured layer or a whole model).
 
     Every structured layer is replaced by sum-pooling followed by the small conv / linear holding
@@ -104,43 +94,19 @@ def decompose(module: nn.Module, *, tol: float = DECOMPOSE_TOLERANCE, reinit: bo
     `reinit=True` re-initialises every alpha for the direct-training route, matching the variance
     of each layer's current (initial) dense kernel.
 
-    Deploy option `recompose`: structured layers (names as :func:`structured_layers` gives them;
-    '' for a single layer) to deploy in another exact form. Names alone mean "dense": a plain
-    ``nn.Conv2d`` / ``nn.Linear`` (no longer a structured layer) holding the projected kernel
-    A alpha = A A^+ W and the same bias, i.e. one dense conv (dense parameter count and MACs, no
-    sum-pool pass; `complexity` counts it as such). A mapping name -> form also allows "spatial"
-    (convs only): sum-pool over space only, then an n x n conv over all input channels holding
-    B(C, c) alpha, which keeps the spatial saving and skips the channel-window pass. The output
-    is the same up to rounding; which form is fastest depends on the layer, input and hardware,
-    and ``src.deploy.plan_recompose`` measures it (the deployment layer, src/deploy/tuning.py).
+    The other exact deploy forms of a layer (a plain dense conv holding A A^+ W,
+    :meth:`StructuredLayer.to_dense`; the "spatial" form, ``to_decomposed(spatial_only=True)``;
+    fixed sum-pool forms) are chosen per layer by a deploy plan and applied with
+    ``src.deploy.decompose_planned(module, plan)``, the one entry for plans (src/deploy/forms.py);
+    ``src.deploy.plan_recompose`` measures a plan.
     """
-    forms = dict(recompose) if isinstance(recompose, Mapping) else dict.fromkeys(recompose, "dense")
-    bad = {n: f for n, f in forms.items() if f not in DEPLOY_FORMS}
-    if bad:
-        raise ValueError(f"decompose: unknown deploy form(s) {bad}; choose from {DEPLOY_FORMS}")
-    if reinit and any(f != "decomposed" for f in forms.values()):
-        raise ValueError("decompose: reinit (direct-training route) and recompose (deploy plan) exclude each other")
     if isinstance(module, StructuredLayer):
-        _check_names(forms, {"": module})
-        return _decompose_layer("", module, tol, reinit, forms.get("", "decomposed"))
+        return _decompose_layer("", module, tol, reinit)
     model = copy.deepcopy(module)
-    replacements = [(name, layer) for name, layer in structured_layers(model)]
-    _check_names(forms, dict(replacements))
-    for name, layer in replacements:
+    for name, layer in list(structured_layers(model)):
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, _decompose_layer(name, layer, tol, reinit, forms.get(name, "decomposed")))
+        setattr(model.get_submodule(parent_name), child, _decompose_layer(name, layer, tol, reinit))
     return model
-
-
-def _check_names(forms: Mapping[str, str], known: Mapping[str, StructuredLayer]) -> None:
-    unknown = set(forms) - set(known)
-    if unknown:
-        raise ValueError(f"decompose: recompose names no structured layer: {sorted(unknown)}")
-    for name, form in forms.items():
-        if form == "spatial" and not isinstance(known[name], StructuredConv2d):
-            raise ValueError(f"decompose: layer '{name}' ({type(known[name]).__name__}) has no spatial axes; "
-                             f"deploy form 'spatial' applies to convs only")
 
 
 def is_decomposed_layer(m: nn.Module) -> bool:
