@@ -1,27 +1,33 @@
-"""The reproductions: ``make reproduce-cifar [PROFILE=quick|full]``, ``make reproduce-imagenet
+"""The reproductions: ``make reproduce-cifar [PROFILE=quick|full|...]``, ``make reproduce-imagenet
 DATA=...``, ``make reproduce-cityscapes DATA=...``.
 
-full:       CIFAR-10: ResNet-56/32/20 and MobileNetV2, each dense / A / B, plus the direct-training
-            ablation of ResNet-56 A; 3 seeds; the full recipe (200 epochs, conf/optim/cifar_sgd.yaml).
-quick:      the same code path sized for a 2-core CPU: real CIFAR-10 (all 50k training images),
-            ResNet-20 dense / A / B, 1 seed, a short schedule (QUICK_EPOCHS epochs, cosine).
-smoke:      ResNet-20 dense and A, 1 epoch on 512 images: the whole path in a minute (tests).
-imagenet:   ResNet-18/34/50, MobileNetV2, EfficientNet-B0/B1, each dense / A / B, 1 seed, their recipes.
-cityscapes: HRNetV2-W18-Small-v2 segmentation dense / A / B, 1 seed, the HRNet recipe.
+A profile is a set of runs, described by ``conf/profiles/<name>.yaml`` (which experiments, seeds and
+overrides; conf/profiles/README.md): quick (ResNet-20 dense / A / B, 4 epochs: a 2-core CPU's main
+job), full (the paper's CIFAR-10 recipe: GPU), medium_sweep / medium / medium_gap / medium_compare /
+long (the CPU reference and its follow-ups), smoke (tests), imagenet, cityscapes.
 
-Each run is ``python -m src.train +exp=<dataset>/<model> ...`` in ``<runs>/<profile>/<model>/seed<k>``;
-finished runs are skipped and killed ones resume, so the command can simply be re-run. As soon as
-a run has finished, its logs (summary.json, config.yaml, overrides.yaml, metrics.csv: no
-checkpoints) and its trained model (deploy.pt) are copied to
-``--collect`` (default ``results/<profile>/runs/<model>/seed<k>``), where ``make tables`` reads
-them: committed, they regenerate the tables byte for byte. Runs whose logs are already there (a
-fresh clone of the committed results) are skipped too, unless ``--rerun-collected``. Into results/ it runs
-only from committed code (``--allow-dirty`` otherwise), and a killed run resumes only on the
-training code it started with (src/train.py: check_code_unchanged). ``--stash`` keeps the
-unfinished runs' resume state beside their logs (``.../inflight``, to commit) for a machine that
-does not keep ``runs/``; the next invocation restores it and the runs resume. The first
-run that fails stops the reproduction: its one-line error (from src.train) is followed by which
-run failed and where its log is, and the exit status is that run's.
+Each run is ``python -m src.train +exp=<dataset>/<exp> ...`` in ``<runs>/<profile>/<label>/seed<k>``;
+finished runs are skipped and killed ones resume, so the command can simply be re-run. When every
+run has finished, the tables of the profile's runs are written to ``<runs>/<profile>/tables``.
+Nothing is written outside ``<runs>`` unless asked: ``--collect`` (the maintainers' mode, ``make
+reproduce-cifar COLLECT=1``) copies each finished run's logs (summary.json, config.yaml,
+overrides.yaml, metrics.csv: no checkpoints) and its trained model (deploy.pt) into ``--results``
+(default ``results/<profile>/runs``, what ``make tables`` reads: committed, they regenerate the
+committed tables byte for byte), and skips the runs whose logs are already there (finished on
+another machine) unless ``--rerun-collected``; into results/ it runs only from committed code
+(``--allow-dirty`` otherwise). A killed run resumes only on the training code it started with
+(src/train.py: check_code_unchanged). ``--stash`` keeps the unfinished runs' resume state beside their
+logs (``<results>/<label>/seed<k>/inflight``, to commit) for a machine that does not keep
+``runs/``; the next invocation restores it and the runs resume. Runs that start from another
+profile's trained model (``init_from``) take it from ``<runs>``, else from the deploy.pt committed
+beside that run's logs in results/.
+
+Before any run: the data set is looked for (CIFAR-10 is fetched when absent and online; otherwise one
+message says where it was looked for and how to get it, exit status 2), and a GPU profile (full,
+imagenet, cityscapes) on a machine without a GPU is refused with an estimate of its time here
+(``--force-cpu`` runs it anyway). The first run that fails stops the reproduction: its one-line error
+(from src.train) is followed by which run failed and where its log is, and the exit status is that
+run's.
 """
 
 from __future__ import annotations
@@ -34,128 +40,56 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 RUN_LOGS = ("summary.json", "config.yaml", "overrides.yaml", "metrics.csv")
-
-QUICK_EPOCHS = 4
-MEDIUM_EPOCHS = 15
-# lambda of the medium profile's regularized runs, chosen by PROFILE=medium_sweep on the validation
-# split (results/medium/sweep/cifar10.md); None until that sweep has chosen, which stops those runs.
-# Chosen (seed 0, 15 epochs, validation images 40,000-44,999): lambda 0.1, mean decomposed accuracy
-# 83.93 over struct_resnet20_a / _b, against 83.76 (0.5) and 83.68 (2).
-MEDIUM_LAMBDA: float | None = 0.1
-# whether those runs re-estimate BatchNorm after projection (structure.bn_recalib), chosen by the same
-# sweep (its "BatchNorm recalibration after projection" table): off, recalibrating changed the
-# projected models' accuracy by -0.04 +- 0.14 over the 6 sweep runs (4 worse, 2 better)
-MEDIUM_BN_RECALIB: bool = False
-# (planned 0.5, 2, 8; 8 was replaced by 0.1 after 0.5 beat 2 on both models: the sweep extends
-# in the direction that improved, see results/medium/sweep/cifar10.md)
-SWEEP_LAMBDAS = (0.1, 0.5, 2.0)
-# Compression baselines (PROFILE=medium_compare, `make compare-cifar`): every method fine-tunes
-# the medium profile's trained dense resnet20 of the same seed, same recipe for all.
-COMPARE_EPOCHS = 5
-COMPARE_LR = 0.01
-COMPARE_METHODS = ("structured", "prune_l1", "svd_weight", "svd_spatial")
-# lambda of the comparison's structured fine-tunes. Not MEDIUM_LAMBDA: that was chosen for 15 epochs
-# from scratch at lr 0.1; here a trained dense network (mean relative residual about 0.55 at A, 0.68
-# at B) has 5 epochs at lr 0.01, and how fast the structural loss pulls it to structure scales with
-# lr x lambda. Chosen without evaluation data by `python -m experiments.compare_lambda` (structural
-# loss alone, the fine-tune's optimizer and schedule, from the dense seed-0 run): the smallest of
-# 0.1 / 0.5 / 1 / 2 whose residual falls below the medium sweep's own final residual at lambda 0.1
-# (1.0e-2 at A, 4.1e-2 at B) within 3 of the 5 epochs. Measured, mean residual at the end of epoch
-# 3 (A / B): 0.1: 0.36 / 0.53; 0.5: 0.013 / 0.068; 1: 2.0e-4 / 8.7e-4; 2: 2.5e-4 / 2.6e-4. At 0.1
-# the network would stay far from structure (0.33 / 0.50 after 5 epochs) and projection would cut it.
-# 1 is also the lambda that keeps lr x lambda at the medium profile's (0.1 x 0.1).
-COMPARE_LAMBDA = 1.0
-
-
-def _variants(*names: str) -> list[str]:
-    return [m for n in names for m in (n, f"struct_{n}_a", f"struct_{n}_b")]
-
-
-def _holdout(train: int, end: int) -> list[str]:
-    """Train on the first `train` training images; evaluate on training images [train, end)."""
-    return [f"data.train_subset={train}", "data.eval_set=holdout", f"data.holdout=[{train},{end}]"]
-
-
-# A run of a profile: (label, experiment, overrides); the label names its directory
-# <runs>/<profile>/<label>/seed<k> and its logs' folder results/<profile>/runs/<label>/seed<k>.
-MEDIUM_COMMON = [f"trainer.max_epochs={MEDIUM_EPOCHS}", "model.channels_last=true", "trainer.progress_bar=simple", *_holdout(45_000, 50_000)]
-PROFILES = {
-    "full": dict(dataset="cifar10", models=[f"{m}{v}" for m in ("resnet56", "struct_resnet56", "resnet32", "struct_resnet32",
-                                              "resnet20", "struct_resnet20", "cifar_mobilenet_v2",
-                                              "struct_cifar_mobilenet_v2") for v in ([""] if not m.startswith("struct") else ["_a", "_b"])]
-                 + ["struct_resnet56_a_direct"], seeds=[0, 1, 2], overrides=[]),
-    "quick": dict(dataset="cifar10", models=_variants("resnet20"), seeds=[0],
-                  overrides=[f"trainer.max_epochs={QUICK_EPOCHS}", "trainer.progress_bar=simple",
-                             "model.channels_last=true"]),
-    # The CPU reference reproduction (README, "Results"): exact held-out evaluation images, 3 seeds
-    # of ResNet-20 dense / A / B / A-direct and 1 of ResNet-56 dense / A, 15 epochs; the runs that
-    # do not depend on lambda first. Two runs side by side with one thread each (measured faster in
-    # total than one run with two threads on a 2-core machine).
-    "medium": dict(dataset="cifar10", seeds=[0, 1, 2], jobs=2, threads=1, results="results/medium",
-                   overrides=[*MEDIUM_COMMON, "eval.robustness=true"],
-                   runs=[("resnet20", "resnet20", []), ("struct_resnet20_a_direct", "struct_resnet20_a_direct", []),
-                         ("resnet56", "resnet56", ["seeds=0"]),
-                         ("struct_resnet20_a", "struct_resnet20_a", ["lambda"]),
-                         ("struct_resnet20_b", "struct_resnet20_b", ["lambda"]),
-                         ("struct_resnet56_a", "struct_resnet56_a", ["lambda", "seeds=0"])]),
-    # Choosing lambda without the test set: train on images [0, 40000), validate on [40000, 45000).
-    "medium_sweep": dict(dataset="cifar10", seeds=[0], jobs=2, threads=1, results="results/medium/sweep",
-                         overrides=[f"trainer.max_epochs={MEDIUM_EPOCHS}", "model.channels_last=true", "trainer.progress_bar=simple",
-                                    *_holdout(40_000, 45_000), "eval.official_test=false"],
-                         runs=[(f"{m}_lam{lam:g}", m, [f"structure.lam={lam}", f"tag=_lam{lam:g}"])
-                               for lam in SWEEP_LAMBDAS for m in ("struct_resnet20_a", "struct_resnet20_b")]),
-    # Why struct_resnet20_a trails dense in the medium profile (README, claims (a) / (b)): on the
-    # validation split (never the primary set), seed 0. The dense baseline of the split at 15 epochs
-    # (the lambda sweep had none), the gap at 8 epochs (does it shrink with training length?) and a
-    # lambda ramp over half the run (does structure from the first epoch cost accuracy?).
-    "medium_gap": dict(dataset="cifar10", seeds=[0], jobs=2, threads=1, results="results/medium/gap",
-                       overrides=["model.channels_last=true", "trainer.progress_bar=simple",
-                                  *_holdout(40_000, 45_000), "eval.official_test=false"],
-                       runs=[("resnet20", "resnet20", [f"trainer.max_epochs={MEDIUM_EPOCHS}"]),
-                             ("struct_resnet20_a", "struct_resnet20_a", [f"trainer.max_epochs={MEDIUM_EPOCHS}", "lambda"]),
-                             ("struct_resnet20_a_ramp7", "struct_resnet20_a",
-                              [f"trainer.max_epochs={MEDIUM_EPOCHS}", "lambda", "structure.lam_ramp_epochs=7"]),
-                             ("resnet20_ep8", "resnet20", ["trainer.max_epochs=8", "tag=_ep8"]),
-                             ("struct_resnet20_a_ep8", "struct_resnet20_a", ["trainer.max_epochs=8", "tag=_ep8", "lambda"])]),
-    # Against the alternatives at equal MACs: each method compresses the medium profile's trained
-    # dense resnet20 (seed k -> seed k) to the MAC ratio of struct_resnet20_a (seeds 0-2) and of
-    # struct_resnet20_b (seed 0), then fine-tunes 5 epochs at lr 0.01 (cosine); evaluated like medium.
-    "medium_compare": dict(dataset="cifar10", seeds=[0, 1, 2], jobs=2, threads=1, results="results/medium",
-                           overrides=[f"trainer.max_epochs={COMPARE_EPOCHS}", f"optim.lr={COMPARE_LR}",
-                                      "model.channels_last=true", "trainer.progress_bar=simple",
-                                      *_holdout(45_000, 50_000)],
-                           runs=[(f"{m}_{t}", f"compress/{m}_{t}",
-                                  ["init_from=medium/resnet20", *(["compare_lambda"] if m == "structured" else []),
-                                   *(["seeds=0"] if t == "b" else [])])
-                                 for t in ("a", "b") for m in COMPARE_METHODS]),
-    # Does the gap close with training? (issue: gap against training length) The medium recipe at 30
-    # and 60 epochs (cosine over each run's own length), per-epoch monitoring on the first 1,000
-    # images of the primary set (the final figures on all 5,000). Listed pair by pair (dense and A of
-    # one seed and length side by side), so that each pair finishes together. fp32: measured fastest
-    # here (`python -m experiments.throughput`: bf16 autocast 0.08-0.10x, torch.compile 0.73-1.18x).
-    "long": dict(dataset="cifar10", jobs=2, threads=1, results="results/long",
-                 overrides=["model.channels_last=true", "trainer.progress_bar=simple", *_holdout(45_000, 50_000),
-                            "eval.robustness=true", "+data.val_subset=1000"],
-                 runs=[(f"{m}_ep{e}", m, [f"trainer.max_epochs={e}", f"tag=_ep{e}", f"seeds={k}",
-                                          *(["lambda"] if m != "resnet20" else [])])
-                       for e, k, m in [(30, 0, "resnet20"), (30, 0, "struct_resnet20_a"),
-                                       (30, 1, "resnet20"), (30, 1, "struct_resnet20_a"),
-                                       (30, 2, "resnet20"), (30, 2, "struct_resnet20_a"),
-                                       (30, 0, "struct_resnet20_b"), (60, 0, "struct_resnet20_b"),
-                                       (60, 0, "resnet20"), (60, 0, "struct_resnet20_a"),
-                                       (60, 1, "resnet20"), (60, 1, "struct_resnet20_a")]]),
-    "smoke": dict(dataset="cifar10", models=["resnet20", "struct_resnet20_a"], seeds=[0],
-                  overrides=["trainer.max_epochs=1", "trainer.progress_bar=none", "data.train_subset=512",
-                             "data.test_subset=256", "data.batch_size=64", "structure.bn_recalib_batches=2"]),
-    "imagenet": dict(dataset="imagenet", seeds=[0], overrides=[], models=_variants(
-        "resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet_b0", "efficientnet_b1")),
-    "cityscapes": dict(dataset="cityscapes", seeds=[0], overrides=[], models=_variants("hrnetv2_w18_small_v2_seg")),
-}
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE_DIR = ROOT / "conf" / "profiles"
+# the keys a profile file may hold, and a run of its `runs` list (conf/profiles/README.md)
+PROFILE_KEYS = {"about", "dataset", "gpu", "seeds", "jobs", "threads", "results", "overrides", "models", "runs"}
+RUN_KEYS = {"label", "exp", "seeds", "init_from", "overrides"}
 
 
 class ProfileError(ValueError):
-    """A profile cannot run as asked (e.g. its lambda has not been chosen yet)."""
+    """A profile cannot run as asked (e.g. its lambda has not been chosen yet), or its file is malformed."""
+
+
+def _read_yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _read_profiles() -> dict[str, dict]:
+    profiles = {}
+    for path in sorted(PROFILE_DIR.glob("*.yaml")):
+        if path.stem.startswith("_"):
+            continue
+        spec = _read_yaml(path)
+        bad = sorted(set(spec) - PROFILE_KEYS) + sorted(
+            f"runs[{i}].{k}" for i, run in enumerate(spec.get("runs") or []) for k in set(run) - RUN_KEYS)
+        if bad or ("models" in spec) == ("runs" in spec) or "dataset" not in spec:
+            raise ProfileError(f"{path}: unknown key(s) {', '.join(bad)}" if bad else
+                               f"{path}: needs `dataset` and one of `models` / `runs`")
+        profiles[path.stem] = spec
+    return profiles
+
+
+# Values one profile chose and others use (`${chosen.<name>}` in a profile file).
+CHOSEN: dict = _read_yaml(PROFILE_DIR / "_chosen.yaml")
+# name -> the profile file as written (interpolations unresolved); profile_spec() resolves one.
+PROFILES: dict[str, dict] = _read_profiles()
+
+
+def _cli_value(v) -> str:
+    """A chosen value as the command line spells it (None: not chosen yet, "?")."""
+    return "?" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def profile_spec(profile: str) -> dict:
+    """The profile's file with the chosen values (CHOSEN) filled in."""
+    cfg = OmegaConf.create({**PROFILES[profile], "chosen": {k: _cli_value(v) for k, v in CHOSEN.items()}})
+    spec = OmegaConf.to_container(cfg, resolve=True)
+    del spec["chosen"]
+    return spec
 
 
 def _collect_root(profile: str) -> Path:
@@ -163,11 +97,11 @@ def _collect_root(profile: str) -> Path:
 
 
 def init_sources() -> set[tuple[str, str]]:
-    """(profile, label) of the runs another profile starts from (``init_from=<profile>/<label>``):
+    """(profile, label) of the runs another profile starts from (``init_from: <profile>/<label>``):
     their ``deploy.pt`` is collected with their logs, so that the runs built on them can start
     from the committed file on another machine (a dense ResNet-20 deploy file is about 1 MB)."""
-    return {tuple(item.removeprefix("init_from=").split("/", 1)) for spec in PROFILES.values()
-            for _, _, extra in spec.get("runs") or [] for item in extra if item.startswith("init_from=")}
+    return {tuple(run["init_from"].split("/", 1)) for spec in PROFILES.values()
+            for run in spec.get("runs") or [] if run.get("init_from")}
 
 
 def _init_file(runs: Path, init: str, seed: int) -> Path:
@@ -180,34 +114,21 @@ def _init_file(runs: Path, init: str, seed: int) -> Path:
 
 
 def runs_of(profile: str, runs: Path = Path("runs")) -> list[tuple[str, str, int, list[str]]]:
-    """(label, experiment, seed, overrides) of every run of `profile`, in order. An item
-    ``init_from=<profile>/<label>`` of a run starts it from that run's deploy.pt (same seed) under
-    `runs`, or from the one collected with that run's logs (:func:`init_sources`)."""
-    spec = PROFILES[profile]
+    """(label, experiment, seed, overrides) of every run of `profile`, in order. A run with
+    ``init_from: <profile>/<label>`` starts from that run's deploy.pt (same seed) under `runs`, or
+    from the one collected with that run's logs (:func:`init_sources`)."""
+    spec = profile_spec(profile)
     out = []
-    for label, exp, extra in spec.get("runs") or [(m, m, []) for m in spec["models"]]:
-        seeds = spec.get("seeds", [0])
-        overrides, init = [], None
-        for item in extra:
-            if item.startswith("seeds="):
-                seeds = [int(v) for v in item.removeprefix("seeds=").split(",")]
-            elif item.startswith("init_from="):
-                init = item.removeprefix("init_from=")
-            elif item == "compare_lambda":
-                overrides += [f"structure.lam={COMPARE_LAMBDA}", f"structure.bn_recalib={str(MEDIUM_BN_RECALIB).lower()}"]
-            elif item == "lambda":
-                overrides += [f"structure.lam={MEDIUM_LAMBDA}" if MEDIUM_LAMBDA is not None else "structure.lam=?",
-                              f"structure.bn_recalib={str(MEDIUM_BN_RECALIB).lower()}"]
-            else:
-                overrides.append(item)
-        for seed in seeds:
+    for run in spec.get("runs") or [{"label": m, "exp": m} for m in spec["models"]]:
+        overrides, init = list(run.get("overrides") or []), run.get("init_from")
+        for seed in run.get("seeds", spec.get("seeds", [0])):
             start = [f"model.init_from={_init_file(runs, init, seed)}"] if init else []
-            out.append((label, exp, seed, overrides + start))
+            out.append((run["label"], run["exp"], seed, overrides + start))
     return out
 
 
 def commands(profile: str, data: str, runs: Path, extra: list[str], only: list[str] | None = None) -> list[list[str]]:
-    spec = PROFILES[profile]
+    spec = profile_spec(profile)
     cmds = []
     for label, exp, seed, overrides in runs_of(profile, runs):
         if only and label not in only:
@@ -298,14 +219,150 @@ def _launch(cmd: list[str], threads: int | None, quiet_log: Path | None) -> subp
         return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
+def _data_problem(dataset: str, data: str, extra: list[str]) -> str | None:
+    """None when the data set is there (CIFAR-10: fetched into `data` when absent, as src.train would,
+    once before the runs instead of by each); else the one message that says where it was looked for
+    and how to get it."""
+    given = dict(a.split("=", 1) for a in extra if a.startswith(("data.root=", "data.url=", "data.md5=", "data.download=")))
+    root = Path(given.get("data.root", data)).expanduser()
+    if dataset != "cifar10":
+        return None if root.is_dir() else (f"no {dataset} data at {root.resolve()}: point DATA=/path (or --data) at "
+                                           f"the folder that holds it (conf/data/{dataset}.yaml says what it holds)")
+    if (root / "cifar10_train.npz").exists() or (root / "cifar10_test.npz").exists() or (root / "cifar-10-batches-py").is_dir():
+        return None  # (an incomplete folder is reported by the first run, naming the file)
+    from src.data.cifar import CIFAR10_MD5, CIFAR10_URL, download_cifar10, load_cifar10
+    from src.data.errors import DataRootError
+
+    try:
+        if given.get("data.download", "auto").lower() == "false":
+            load_cifar10(root, download="false")
+        else:
+            download_cifar10(root, given.get("data.url", CIFAR10_URL), given.get("data.md5", CIFAR10_MD5))
+    except DataRootError as e:
+        return str(e)
+    return None
+
+
+def _train_images_per_s(model: str = "resnet20", batch: int = 32, steps: int = 2) -> float:
+    """Training throughput of `model` on this machine's CPU (forward, backward, SGD step on random
+    CIFAR-sized images, fp32, torch's default threads), after one warm-up step."""
+    import torch
+
+    from src.models import create_model
+
+    net = create_model(model, num_classes=10).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def _run_shape(cmd: list[str]) -> tuple[str, int, int]:
+    """(model name, epochs, training images per epoch) of a CIFAR-10 run command, composed as src.train
+    would compose it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [a for a in cmd[3:] if not a.startswith(("hydra.", "data.root=", "profile="))]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    images = cfg.data.get("train_subset") or 50_000
+    return str(cfg.model.name) + ("_direct" if cfg.structure.route == "direct" else ""), int(cfg.trainer.max_epochs), int(images)
+
+
+def cpu_estimate(cmds: list[list[str]], images_per_s: float) -> tuple[float, str]:
+    """Hours the runs `cmds` (CIFAR-10) would train on this CPU, from the measured ResNet-20
+    throughput `images_per_s`, each model scaled by its multiplies per image (the full kernels its
+    training computes, as many as its dense model's; the direct route: the decomposed ones); and
+    the sum that gives it."""
+    import re
+
+    from src.models import create_model
+    from src.structured import complexity
+
+    def mults(name: str) -> int:
+        direct = name.endswith("_direct")
+        name = name.removesuffix("_direct") if direct else re.sub(r"^struct_(.*)_[ab]$", r"\1", name)
+        if (name, direct) not in cache:
+            cost = complexity(create_model(name, num_classes=10), (3, 32, 32))
+            cache[name, direct] = cost.mults_decomposed if direct else cost.mults
+        return cache[name, direct]
+
+    cache: dict[tuple[str, bool], int] = {}
+    shapes: dict[tuple[str, ...], tuple[str, int, int]] = {}  # the runs of one setting, seeds aside
+    hours, epochs, images = 0.0, set(), set()
+    for cmd in cmds:
+        key = tuple(a for a in cmd[3:] if not a.startswith(("seed=", "hydra.run.dir=")))
+        name, n_epochs, n_images = shapes[key] if key in shapes else shapes.setdefault(key, _run_shape(cmd))
+        hours += n_epochs * n_images * mults(name) / mults("resnet20") / images_per_s / 3600
+        epochs.add(n_epochs)
+        images.add(n_images)
+    shape = (f"{len(cmds)} runs x {'/'.join(map(str, sorted(epochs)))} epochs x "
+             f"{'/'.join(f'{n:,}' for n in sorted(images))} images")
+    return hours, shape
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.1f} hours" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def gpu_refusal(profile: str, cmds: list[list[str]]) -> str | None:
+    """None when `profile` may run here (it needs no GPU, or there is one); else the message that
+    refuses it: what it is, its estimated time on this machine, what to run instead."""
+    if not profile_spec(profile).get("gpu"):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    spec = profile_spec(profile)
+    if spec["dataset"] == "cifar10":
+        ips = _train_images_per_s()
+        hours, shape = cpu_estimate(cmds, ips)
+        time_here = (f"its {shape} would take about {_duration(hours)} here (ResNet-20 trains at {ips:.0f} images/s "
+                     f"on this CPU's {torch.get_num_threads()} threads, measured now; the other models scaled by their "
+                     f"multiplies)")
+    else:
+        time_here = f"its {len(cmds)} runs would take weeks on this CPU"
+    return (f"PROFILE={profile} is {spec.get('about', 'a GPU recipe')}, and this machine has no GPU: {time_here}. "
+            f"On a CPU, run `make reproduce-cifar PROFILE=quick` (ResNet-20 dense / A / B, 25-50 min on 2 cores; "
+            f"PROFILE=medium_sweep then PROFILE=medium: the CPU reference, about 20 h). To run {profile} here "
+            f"anyway: FORCE=1 (make) or --force-cpu.")
+
+
+def write_user_tables(runs_dir: Path) -> int:
+    """The tables of the runs under `runs_dir` (<runs>/<profile>), written into `runs_dir`/tables and
+    printed; the exit status of src.tables."""
+    out = runs_dir / "tables"
+    print(f"your tables, from your runs in {runs_dir} (the committed ones, from the maintainers' runs, are in "
+          f"results/):", flush=True)
+    return subprocess.run([sys.executable, "-m", "src.tables", "--runs", str(runs_dir), "--out", str(out)]).returncode
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", choices=sorted(PROFILES), default="full", help="which set of runs (default: full)")
+    profiles = "\n".join(f"  {name:15s} {spec.get('about', '')}" for name, spec in PROFILES.items())
+    ap = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0],
+                                 epilog=f"profiles (conf/profiles/<name>.yaml):\n{profiles}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="full", metavar="NAME",
+                    help="which set of runs (default: full, the paper's GPU recipe; below)")
     ap.add_argument("--data", required=True,
                     help="dataset root (CIFAR-10: npz folder or torchvision copy; fetched there when absent and online)")
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="runs go to <runs>/<profile>/<label>/seed<k>")
-    ap.add_argument("--collect", type=Path, default=None, metavar="DIR",
-                    help="copy each finished run's logs to DIR/<label>/seed<k> (default: results/<profile>/runs)")
+    ap.add_argument("--runs", type=Path, default=Path("runs"),
+                    help="runs go to <runs>/<profile>/<label>/seed<k>, their tables to <runs>/<profile>/tables")
+    ap.add_argument("--collect", action="store_true",
+                    help="also copy each finished run's logs and deploy.pt into --results (the committed logs, what "
+                         "`make tables` reads), skipping the runs whose logs are already there (the maintainers' mode; "
+                         "refused on uncommitted code unless --allow-dirty)")
+    ap.add_argument("--results", type=Path, default=None, metavar="DIR",
+                    help="the collected logs' folder: DIR/<label>/seed<k> (default: results/<profile>/runs); also where "
+                         "--stash keeps unfinished runs and where their stashed state is restored from")
     ap.add_argument("--only", default=None, metavar="LABELS",
                     help="comma-separated run labels (e.g. resnet20,resnet56): only these runs of the profile")
     ap.add_argument("--jobs", type=int, default=None,
@@ -314,19 +371,24 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per run (OMP_NUM_THREADS; default: the profile's, else torch's default)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("--force-cpu", action="store_true",
+                    help="run a GPU profile (full, imagenet, cityscapes) on a machine without a GPU (refused otherwise, "
+                         "with an estimate of its time here)")
     ap.add_argument("--allow-dirty", action="store_true",
-                    help="run even though the code has uncommitted changes and the logs are collected into "
-                         "results/ (their summaries then name a -dirty commit)")
+                    help="with --collect: run even though the code has uncommitted changes (the collected summaries "
+                         "then name a -dirty commit)")
     ap.add_argument("--rerun-collected", action="store_true",
-                    help="also run the runs whose logs are already collected (e.g. committed in results/); "
-                         "by default they are skipped, since they are finished runs")
+                    help="with --collect: also run the runs whose logs are already collected (e.g. committed in "
+                         "results/), replacing those logs; by default they are skipped, since they are finished runs")
     ap.add_argument("--stash", action="store_true",
                     help="copy every unfinished run's resume state (last checkpoint, code.json, config, history) "
-                         "to <collect dir>/<label>/seed<k>/inflight and exit (commit it: the next session, on a "
+                         "to <results>/<label>/seed<k>/inflight and exit (commit it: the next session, on a "
                          "machine without this runs/, restores it and resumes); safe while the runs go on")
     ap.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
-    spec = PROFILES[args.profile]
+    if args.rerun_collected and not args.collect:
+        ap.error("--rerun-collected goes with --collect (without it, no run is skipped for logs in results/)")
+    spec = profile_spec(args.profile)
     only = [o for o in args.only.split(",") if o] if args.only else None
     labels = {label for label, *_ in runs_of(args.profile)}
     if only and set(only) - labels:
@@ -336,8 +398,8 @@ def main(argv=None) -> None:
     pending = [c for c in cmds if "structure.lam=?" in c]
     if pending and not args.dry_run:
         names = sorted({str(_run_dir(c).parent.name) for c in pending})
-        print(f"reproduce: the {args.profile} profile's lambda is not chosen yet (MEDIUM_LAMBDA in "
-              f"experiments/reproduce.py): run PROFILE=medium_sweep, set it from results/medium/sweep/cifar10.md, "
+        print(f"reproduce: the {args.profile} profile's lambda is not chosen yet (medium_lambda in "
+              f"conf/profiles/_chosen.yaml): run PROFILE=medium_sweep, set it from results/medium/sweep/cifar10.md, "
               f"commit, and run again. Until then the runs of {', '.join(names)} are left out.", file=sys.stderr)
         cmds = [c for c in cmds if c not in pending]
     missing = [c for c in cmds if any(a.startswith("model.init_from=") and not Path(a.split("=", 1)[1]).exists()
@@ -347,16 +409,16 @@ def main(argv=None) -> None:
         print(f"reproduce: {len(missing)} run(s) of {args.profile} start from trained runs that are not there yet "
               f"({', '.join(sorted(set(paths)))}; a source run's deploy.pt is looked for in its run directory, "
               f"then beside its logs in results/): run the profile that makes them first (PROFILE=medium; a "
-              f"source run whose logs are committed without its deploy.pt runs again with `--only <label> "
+              f"source run whose logs are committed without its deploy.pt runs again with `--collect --only <label> "
               f"--rerun-collected`); those runs are left out.", file=sys.stderr)
         cmds = [c for c in cmds if c not in missing]
         pending = pending + missing
     jobs = max(1, args.jobs or spec.get("jobs", 1))
     threads = args.threads or spec.get("threads")
-    collect_root = args.collect or _collect_root(args.profile)
+    results_root = args.results or _collect_root(args.profile)
 
-    def dest_of(cmd: list[str]) -> Path:  # where a run's logs are collected
-        return collect_root / _run_dir(cmd).relative_to(args.runs / args.profile)
+    def dest_of(cmd: list[str]) -> Path:  # where a run's logs are collected (and its stash kept)
+        return results_root / _run_dir(cmd).relative_to(args.runs / args.profile)
 
     if args.stash:
         n = 0
@@ -367,32 +429,39 @@ def main(argv=None) -> None:
                 print(f"stashed {_run_dir(c)} -> {written[0].parent}")
         print(f"{n} unfinished run(s) stashed" + (" (commit them: git add -f <dir>/inflight)" if n else ""))
         return
-    for c in cmds:
-        if restore(dest_of(c), _run_dir(c)):
-            print(f"reproduce: restored the stashed state of {_run_dir(c)} from {dest_of(c) / INFLIGHT}; it resumes",
-                  file=sys.stderr)
+    if not args.dry_run:
+        for c in cmds:
+            if restore(dest_of(c), _run_dir(c)):
+                print(f"reproduce: restored the stashed state of {_run_dir(c)} from {dest_of(c) / INFLIGHT}; "
+                      f"it resumes", file=sys.stderr)
     done = [c for c in cmds if not (_run_dir(c) / "summary.json").exists() and (dest_of(c) / "summary.json").exists()]
-    if done and not args.rerun_collected:
+    if args.collect and done and not args.rerun_collected:
         # finished on another machine or in an earlier clone: their committed logs are the result
         names = [str(_run_dir(c).relative_to(args.runs / args.profile)) for c in done]
-        print(f"reproduce: {len(done)} run(s) of {args.profile} already have their logs in {collect_root} "
+        print(f"reproduce: {len(done)} run(s) of {args.profile} already have their logs in {results_root} "
               f"({', '.join(names)}): skipped (--rerun-collected runs them again and replaces those logs).",
               file=sys.stderr)
         cmds = [c for c in cmds if c not in done]
-    t0 = time.time()
     if args.dry_run:
         for i, cmd in enumerate(cmds, 1):
             print(f"[{i}/{len(cmds)}] {' '.join(cmd[2:])}", flush=True)
         return
-    if cmds:  # hours of runs whose summaries could not go into results/: refused before the first one
+    if cmds:  # refusals that need no run: before the first one
+        problem = None if args.force_cpu else gpu_refusal(args.profile, cmds)
+        problem = problem or _data_problem(spec["dataset"], args.data, args.extra)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+    if cmds and args.collect:  # hours of runs whose summaries could not go into results/
         from src.provenance import DirtyTreeError, check_results_dir
 
         try:
-            check_results_dir(collect_root, args.allow_dirty)
+            check_results_dir(results_root, args.allow_dirty)
         except DirtyTreeError as e:
             print(f"reproduce: {e} (here: --allow-dirty, or `make ... REPRODUCE_ARGS=--allow-dirty`). "
                   f"No run was started.", file=sys.stderr)
             sys.exit(2)
+    t0 = time.time()
     queue = list(enumerate(cmds, 1))
     running: dict[int, tuple[subprocess.Popen, list[str], float]] = {}
     failed: tuple[int, int, Path] | None = None
@@ -422,12 +491,17 @@ def main(argv=None) -> None:
                       + ". Fix the cause and run the same command again: finished runs are skipped.", file=sys.stderr)
                 failed = failed or (i, code, run_dir)
                 continue
-            dest = dest_of(cmd)
-            collect(run_dir, dest)
-            print(f"[{i}/{len(cmds)}] done in {(time.time() - t_start) / 60:.1f} min; logs copied to {dest}", flush=True)
+            where = f"{run_dir}"
+            if args.collect:
+                dest = dest_of(cmd)
+                collect(run_dir, dest)
+                where += f"; logs copied to {dest}"
+            print(f"[{i}/{len(cmds)}] done in {(time.time() - t_start) / 60:.1f} min: {where}", flush=True)
     if failed:
         sys.exit(failed[1])
     print(f"{len(cmds)} runs, {(time.time() - t0) / 60:.1f} min")
+    if cmds and write_user_tables(args.runs / args.profile):
+        sys.exit(1)
     if pending:
         sys.exit(3)
 

@@ -112,19 +112,17 @@ def test_offline_message_says_where_it_looked_and_what_to_do(tmp_path):
 
 
 def test_main_job_offline_stops_at_the_data_step_with_one_message(tmp_path):
-    """`make reproduce-cifar`'s driver on a machine without the data and without internet:
-    one clear message, no traceback, a non-zero exit."""
+    """`make reproduce-cifar`'s driver on a machine without the data and without internet: one
+    message naming the folder and how to get it, no traceback, exit status 2, no run started."""
     out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--profile", "quick",
                           "--data", str(tmp_path / "nodata"), "--runs", str(tmp_path / "runs"),
-                          "--collect", str(tmp_path / "collected"), f"data.url={_closed_port_url()}"],
+                          f"data.url={_closed_port_url()}"],
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    text = out.stdout + out.stderr
-    assert "Traceback" not in text
-    assert "no CIFAR-10 at" in out.stderr and "CIFAR_ROOT=" in out.stderr
-    assert "[1/3]" in out.stdout and "[2/3]" not in out.stdout  # stops at the first failed run
-    assert "run 1 of 3 failed" in out.stderr
-    assert "Traceback" in (tmp_path / "runs" / "quick" / "resnet20" / "seed0" / "train.log").read_text()
+    assert "Traceback" not in out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: no CIFAR-10 at {tmp_path}/nodata") and out.stderr.count("error:") == 1
+    assert "CIFAR_ROOT=" in out.stderr and "cifar-10-python.tar.gz" in out.stderr and "extract it into" in out.stderr
+    assert "[1/3]" not in out.stdout and not (tmp_path / "runs").exists() and not (tmp_path / "nodata").exists()
 
 
 def test_one_name_for_the_data_root_variable(tmp_path, monkeypatch):
@@ -309,28 +307,123 @@ def test_fixture_layouts_load_identically(tmp_path):
     assert npz.test_exact is not None and tv.test_exact is None
 
 
-def test_reproduce_collects_run_logs_and_tables_regenerate_from_them(tmp_path, cifar_npz):
-    """The smoke profile end to end: runs, their logs copied as each finishes (no checkpoints),
-    a second call skips them, and the tables regenerate byte for byte from the copies alone."""
+def test_reproduce_trains_into_runs_then_collects_on_request_and_tables_regenerate(tmp_path, cifar_npz):
+    """The smoke profile end to end: by default the runs train into --runs and their tables are
+    written there (nothing else is written); run again with --collect, the finished runs are
+    skipped by src.train and their logs copied (no checkpoints), and the tables regenerate byte for
+    byte from the copies alone."""
     from src import tables
 
     cmd = [sys.executable, "-m", "experiments.reproduce", "--profile", "smoke", "--data", str(cifar_npz),
-           "--runs", str(tmp_path / "runs"), "--collect", str(tmp_path / "collected"), "--jobs", "2", "--threads", "1"]
+           "--runs", str(tmp_path / "runs"), "--jobs", "2", "--threads", "1"]
     out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     for model in ("resnet20", "struct_resnet20_a"):  # side by side, one thread each, output to a file per run
         text = (tmp_path / "runs" / "smoke" / model / "seed0.out").read_text()
         assert f"finished {model}" in text, text[-2000:]
         assert json.loads((tmp_path / "runs" / "smoke" / model / "seed0" / "summary.json").read_text())["threads"] == 1
+    user_table = tmp_path / "runs" / "smoke" / "tables" / "cifar10.md"
+    assert f"wrote {user_table}" in out.stdout and "| struct_resnet20_a |" in out.stdout
+    assert not (ROOT / "results" / "smoke").exists() and "copied" not in out.stdout
+    again = subprocess.run(cmd + ["--collect", "--results", str(tmp_path / "collected")], cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("run already complete") == 2, again.stdout[-2000:]
     for model in ("resnet20", "struct_resnet20_a"):
         files = sorted(p.name for p in (tmp_path / "collected" / model / "seed0").iterdir())
         assert files == ["config.yaml", "deploy.pt", "metrics.csv", "overrides.yaml", "summary.json"], files
-    again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("run already complete") == 2, again.stdout[-2000:]
     a = tables.write_tables(tmp_path / "collected", tmp_path / "t1")
     b = tables.write_tables(tmp_path / "runs" / "smoke", tmp_path / "t2")
     for p, q in zip(a, b):
         assert p.read_bytes() == q.read_bytes(), p.name
+    assert (tmp_path / "t1" / "cifar10.md").read_bytes() == user_table.read_bytes()
+
+
+class Launched(Exception):
+    """Raised by a stand-in for subprocess.Popen: the driver got as far as starting a run."""
+
+
+def _launches(monkeypatch):
+    from experiments import reproduce
+
+    def popen(cmd, *a, **k):
+        raise Launched(cmd)
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", popen)
+
+
+def test_committed_logs_never_make_a_users_run_a_no_op(tmp_path, monkeypatch, capsys):
+    """A fresh clone holds the committed logs of the quick runs in results/quick/runs: the user's
+    `make reproduce-cifar PROFILE=quick` still trains them (into runs/); only --collect (the
+    maintainers' mode) skips runs whose logs are collected."""
+    from experiments import reproduce
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "cifar10"
+    data.mkdir()
+    (data / "cifar10_train.npz").write_bytes(b"")  # present (read by the runs, which do not start here)
+    done = tmp_path / "results" / "quick" / "runs" / "resnet20" / "seed0"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text("{}")
+    _launches(monkeypatch)
+    with pytest.raises(Launched) as e:
+        reproduce.main(["--profile", "quick", "--data", str(data), "--only", "resnet20"])
+    assert "hydra.run.dir=runs/quick/resnet20/seed0" in e.value.args[0]
+    assert "skipped" not in capsys.readouterr().err
+    reproduce.main(["--profile", "quick", "--data", str(data), "--only", "resnet20", "--collect", "--allow-dirty"])
+    out, err = capsys.readouterr()
+    assert "1 run(s) of quick already have their logs in results/quick/runs (resnet20/seed0): skipped" in err
+    assert "0 runs" in out and not Path("runs").exists()
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--profile", "quick", "--data", str(data), "--rerun-collected"])
+    assert e.value.code == 2 and "--rerun-collected goes with --collect" in capsys.readouterr().err
+
+
+def test_a_gpu_profile_without_a_gpu_is_refused_with_an_estimate(tmp_path, monkeypatch, capsys):
+    """PROFILE=full (the default) on a machine without a GPU: one message that it is the paper's
+    GPU recipe, its time here (from a measured throughput), PROFILE=quick, and how to force it;
+    exit status 2 before any data step or run. --force-cpu runs it."""
+    import torch
+
+    from experiments import reproduce
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(reproduce, "_train_images_per_s", lambda: 100.0)
+    monkeypatch.setattr(reproduce, "_data_problem", lambda *a: pytest.fail("the data step comes after"))
+    _launches(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--data", str(tmp_path), "--runs", str(tmp_path / "runs")])  # the default profile
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: PROFILE=full is the paper's")
+    for part in ("GPU recipe", "no GPU", "39 runs x 200 epochs x 50,000 images", "100 images/s", "days here",
+                 "PROFILE=quick", "FORCE=1", "--force-cpu"):
+        assert part in err, part
+    hours, shape = reproduce.cpu_estimate(reproduce.commands("full", "d", Path("runs"), []), 100.0)
+    assert f"about {hours / 24:.0f} days" in err and 50 < hours / 24 < 5000
+    # the sum: every smoke run is a resnet20-sized model, 1 epoch on 512 images
+    smoke = reproduce.commands("smoke", "d", Path("runs"), [])
+    assert reproduce.cpu_estimate(smoke, 100.0) == (pytest.approx(2 * 512 / 100 / 3600), "2 runs x 1 epochs x 512 images")
+    monkeypatch.setattr(reproduce, "_data_problem", lambda *a: None)
+    with pytest.raises(Launched):
+        reproduce.main(["--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--force-cpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(Launched):
+        reproduce.main(["--data", str(tmp_path), "--runs", str(tmp_path / "runs")])
+
+
+def test_make_reproduce_writes_results_only_when_asked():
+    """`make reproduce-cifar` trains into runs/ and leaves results/ alone; COLLECT=1 collects and
+    regenerates the committed tables (make tables); FORCE=1 runs a GPU profile on a CPU."""
+    def recipe(*args):
+        out = subprocess.run(["make", "-n", "-o", ".venv/.installed", *args], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    plain = recipe("reproduce-cifar", "PROFILE=quick")
+    assert "experiments.reproduce" in plain and "--collect" not in plain and "src.tables" not in plain
+    assert "--force-cpu" not in plain and "--profile quick" in plain
+    collect = recipe("reproduce-cifar", "PROFILE=quick", "COLLECT=1")
+    assert "--collect" in collect and "src.tables --runs results/quick/runs --out results/quick" in collect
+    assert "--force-cpu" in recipe("reproduce-cifar", "FORCE=1")
 
 
 def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypatch, capsys):
@@ -338,7 +431,7 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
     says so, and exits non-zero; --only picks runs by label and refuses unknown labels."""
     from experiments import reproduce
 
-    monkeypatch.setattr(reproduce, "MEDIUM_LAMBDA", None)
+    monkeypatch.setitem(reproduce.CHOSEN, "medium_lambda", None)
     labels = [r[0] for r in reproduce.runs_of("medium")]
     assert labels.count("resnet20") == 3 and labels.count("struct_resnet20_a_direct") == 3
     assert labels.count("resnet56") == 1 and labels.count("struct_resnet56_a") == 1 and len(labels) == 14
@@ -348,11 +441,12 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
                         "--runs", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert e.value.code == 3 and "lambda is not chosen yet" in err and "struct_resnet20_a" in err
+    assert "conf/profiles/_chosen.yaml" in err
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--profile", "medium", "--data", str(tmp_path), "--only", "resnet21"])
     assert e.value.code == 2 and "--only resnet21: not a run of profile medium" in capsys.readouterr().err
-    monkeypatch.setattr(reproduce, "MEDIUM_LAMBDA", 0.5)
-    monkeypatch.setattr(reproduce, "MEDIUM_BN_RECALIB", False)
+    monkeypatch.setitem(reproduce.CHOSEN, "medium_lambda", 0.5)
+    monkeypatch.setitem(reproduce.CHOSEN, "medium_bn_recalib", False)
     cmds = reproduce.commands("medium", "/d", Path("runs"), [], only=["struct_resnet20_b"])
     assert len(cmds) == 3 and all("structure.lam=0.5" in c and "data.holdout=[45000,50000]" in c
                                   and "structure.bn_recalib=false" in c for c in cmds)
@@ -363,7 +457,7 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
                                                          or "+exp=cifar10/compress/structured_b" in c) for c in compare)
     # the structured fine-tunes take the comparison's own lambda (not the from-scratch one), the rest none
     assert all(("structure.lam=" in " ".join(c)) == ("structure.bn_recalib=false" in c) for c in compare)
-    assert sum(f"structure.lam={reproduce.COMPARE_LAMBDA}" in c for c in compare) == 4
+    assert sum(f"structure.lam={reproduce.CHOSEN['compare_lambda']}" in c for c in compare) == 4
     sweep = reproduce.commands("medium_sweep", "/d", Path("runs"), [])
     assert all("data.holdout=[40000,45000]" in c and "data.train_subset=40000" in c and "eval.official_test=false" in c
                for c in sweep)  # lambda is chosen without the test set
@@ -377,9 +471,10 @@ def test_medium_profile_waits_for_its_lambda_and_filters_runs(tmp_path, monkeypa
 
 def test_runs_finished_elsewhere_are_skipped_and_their_deploy_files_start_the_runs_built_on_them(
         tmp_path, monkeypatch, capsys):
-    """A clone on a new machine holds the committed logs of finished runs but no run directories:
-    those runs are skipped (not trained again over their logs) unless --rerun-collected, and the
-    deploy.pt collected with a source run's logs is what the runs built on it start from."""
+    """The maintainers' mode on a new machine, whose clone holds the committed logs of finished
+    runs but no run directories: with --collect those runs are skipped (not trained again over their
+    logs) unless --rerun-collected, and the deploy.pt collected with a source run's logs is what the
+    runs built on it start from (with or without --collect)."""
     from experiments import reproduce
 
     monkeypatch.chdir(tmp_path)
@@ -389,32 +484,27 @@ def test_runs_finished_elsewhere_are_skipped_and_their_deploy_files_start_the_ru
     (done / "summary.json").write_text("{}")
     (done / "deploy.pt").write_bytes(b"weights")
     monkeypatch.setattr(reproduce.subprocess, "Popen", lambda *a, **k: pytest.fail("nothing may run"))
-    reproduce.main(["--profile", "medium", "--data", "d", "--only", "resnet20", "--dry-run"])
+    reproduce.main(["--profile", "medium", "--data", "d", "--only", "resnet20", "--dry-run", "--collect"])
     out, err = capsys.readouterr()
     assert "1 run(s) of medium already have their logs in results/medium/runs (resnet20/seed0): skipped" in err
     assert out.count("+exp=cifar10/resnet20 ") == 2 and "seed=0" not in out, out
-    reproduce.main(["--profile", "medium", "--data", "d", "--only", "resnet20", "--dry-run", "--rerun-collected"])
-    out, err = capsys.readouterr()
-    assert out.count("+exp=cifar10/resnet20 ") == 3 and "skipped" not in err
+    for extra in (["--collect", "--rerun-collected"], []):
+        reproduce.main(["--profile", "medium", "--data", "d", "--only", "resnet20", "--dry-run", *extra])
+        out, err = capsys.readouterr()
+        assert out.count("+exp=cifar10/resnet20 ") == 3 and "skipped" not in err
     inits = [a for c in reproduce.commands("medium_compare", "d", Path("runs"), [], only=["prune_l1_a"])
              for a in c if a.startswith("model.init_from=")]
     assert inits == ["model.init_from=results/medium/runs/resnet20/seed0/deploy.pt",
                      "model.init_from=runs/medium/resnet20/seed1/deploy.pt",
                      "model.init_from=runs/medium/resnet20/seed2/deploy.pt"], inits
-    class Launched(Exception):
-        pass
-
-    def popen(cmd, *a, **k):
-        raise Launched(cmd)
-
-    monkeypatch.setattr(reproduce.subprocess, "Popen", popen)
+    _launches(monkeypatch)
+    monkeypatch.setattr(reproduce, "_data_problem", lambda *a: None)
     with pytest.raises(Launched) as e:  # seeds 1 and 2 have no deploy.pt anywhere: said, left out
-        reproduce.main(["--profile", "medium_compare", "--data", "d", "--only", "prune_l1_a", "--jobs", "1",
-                        "--allow-dirty"])
+        reproduce.main(["--profile", "medium_compare", "--data", "d", "--only", "prune_l1_a", "--jobs", "1"])
     out, err = capsys.readouterr()
     assert "model.init_from=results/medium/runs/resnet20/seed0/deploy.pt" in e.value.args[0] and "[1/1]" in out
     assert "2 run(s) of medium_compare start from trained runs that are not there yet" in err
-    assert "--rerun-collected" in err
+    assert "--collect --only <label> --rerun-collected" in err
     # collecting a run keeps its deploy.pt with its logs (every run's), never its checkpoints
     run = tmp_path / "runs" / "medium" / "resnet20" / "seed1"
     run.mkdir(parents=True)
@@ -478,24 +568,20 @@ def test_stash_and_restore_carry_an_unfinished_run_to_another_machine(tmp_path, 
 
 def test_reproduce_refuses_dirty_code_before_any_run_that_collects_into_results(tmp_path, monkeypatch, capsys):
     """Hours of runs whose summaries would name a -dirty commit are refused before the first one
-    when their logs go into results/; --allow-dirty or a --collect folder elsewhere lets them run."""
+    when their logs go into results/ (--collect); --allow-dirty, a --results folder elsewhere, or
+    no --collect (the runs stay in runs/) lets them run."""
     from experiments import reproduce
     from src import provenance
 
-    class Launched(Exception):
-        pass
-
-    def popen(*a, **k):
-        raise Launched
-
     monkeypatch.setattr(provenance, "git_sha", lambda: "f" * 40 + "-dirty")
-    monkeypatch.setattr(reproduce.subprocess, "Popen", popen)
+    monkeypatch.setattr(reproduce, "_data_problem", lambda *a: None)
+    _launches(monkeypatch)
     args = ["--profile", "smoke", "--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--jobs", "1"]
     with pytest.raises(SystemExit) as e:
-        reproduce.main(args)
+        reproduce.main(args + ["--collect"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "uncommitted changes" in err and "--allow-dirty" in err and "No run was started" in err
-    for extra in (["--allow-dirty"], ["--collect", str(tmp_path / "elsewhere")]):
+    for extra in ([], ["--collect", "--allow-dirty"], ["--collect", "--results", str(tmp_path / "elsewhere")]):
         with pytest.raises(Launched):
             reproduce.main(args + extra)
 
