@@ -5,7 +5,8 @@ by default in the fastest exact form for ONNX Runtime at the given batch.
     python -m src.export --model struct_resnet56_a [--ckpt PATH] [--num-classes N] [--out FILE]
                          [--format onnx] [--plan onnxruntime|none] [--threads N]
 
-`--ckpt` accepts, all read with ``torch.load(weights_only=True)``:
+`--ckpt` accepts, all read by the project's one checkpoint reader (``src.checkpoint``,
+``torch.load(weights_only=True)``):
 
 - the deploy artifact (``src.deploy.save_deploy``, format "structured-conv-deploy"): model
   name, classes and preprocessing come from the file (``src.deploy.load_deploy``);
@@ -13,7 +14,8 @@ by default in the fastest exact form for ONNX Runtime at the given batch.
   of the decomposed model): loaded into the decomposed model directly;
 - a state_dict of the *train-form* structured model (``torch.save(model.state_dict())``), or a
   dict holding it under ``"state_dict"``; Lightning checkpoints (keys prefixed ``"model."``, as
-  ``src.train`` writes them) are recognised. It is projected, then decomposed. Its full kernels
+  ``src.train`` writes them; a run's EMA weights where it kept them) are recognised. It is
+  projected, then decomposed. Its full kernels
   do not record the structure: `--model` must name the variant it was trained as.
 
 Without `--ckpt` the model is randomly initialised (then projected and decomposed): enough to
@@ -50,172 +52,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import pickle
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
 
-import torch
-from torch import nn
+# the work is done in src/deploy/export.py (files, metadata, the model from a checkpoint) and
+# src/deploy/tuning.py (the plan); this module is the command line only
+from src.deploy.export import DEFAULT_OPSET, export_onnx_files, load_for_export, onnx_metadata, plan_metadata
 
-from src.deploy.artifact import FORMAT, default_preprocessing, from_checkpoint_dict, state_dict_mismatch
-from src.models import create_model, get_entry
-from src.structured import decompose, project
-
-__all__ = ["read_checkpoint", "deploy_model", "load_for_export", "export_onnx", "export_onnx_files",
-           "onnx_metadata", "plan_for_onnxruntime", "plan_metadata", "main"]
-
-DEFAULT_OPSET = 18
-# initializers up to this size are stored inline (protobuf caps one message at 2 GiB)
-INLINE_LIMIT = 1_800_000_000
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, metadata) from a checkpoint file; ValueError naming `path` if it cannot be
-    used. Lightning's "model." key prefix is removed."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ValueError(f"cannot read checkpoint {path}: corrupt, or not a torch.save file of tensors "
-                         f"and plain containers ({type(e).__name__})") from None
-    meta: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        meta = {k: v for k, v in obj.items() if k != "state_dict"}
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ValueError(f"checkpoint {path} holds no state_dict (a mapping of names to tensors, "
-                         "or a dict with one under 'state_dict')")
-    state = dict(obj)
-    if all(k.startswith("model.") for k in state):  # a LightningModule holding the net as .model
-        state = {k[len("model."):]: v for k, v in state.items()}
-    return state, meta
-
-
-def deploy_model(name: str | None, ckpt: str | Path | None = None, num_classes: int | None = None) -> nn.Module:
-    """The decomposed eval-mode model `name`, with weights from `ckpt` (see module docstring).
-    `name` may be omitted when the checkpoint records it (deploy files)."""
-    return load_for_export(name, ckpt, num_classes)[0]
-
-
-def load_for_export(name: str | None, ckpt: str | Path | None = None, num_classes: int | None = None
-                    ) -> tuple[nn.Module, dict[str, Any]]:
-    """(decomposed eval-mode model, its description for the ONNX metadata); see deploy_model."""
-    state, meta = read_checkpoint(ckpt) if ckpt is not None else (None, {})
-    recorded = meta.get("model")
-    if name is None:
-        if not isinstance(recorded, str):
-            raise ValueError("no --model given and the checkpoint does not record one"
-                             if ckpt is not None else "give --model (or a --ckpt that records it)")
-        name = recorded
-    elif isinstance(recorded, str) and recorded != name:
-        raise ValueError(f"checkpoint {ckpt} is for model '{recorded}', not '{name}'")
-    get_entry(name)  # unknown names raise with suggestions
-    if meta.get("format") is not None:  # the deploy artifact: src.deploy reads it
-        deployed = from_checkpoint_dict({**meta, "state_dict": state}, Path(ckpt))
-        if num_classes is not None and num_classes != deployed.num_classes:
-            raise ValueError(f"checkpoint {ckpt} has num_classes={deployed.num_classes}, not {num_classes}")
-        info = deployed.metadata()
-        info.update(preprocessing=f"recorded in {Path(ckpt).name}", weights=Path(ckpt).name)
-        return deployed.model, info
-    if num_classes is None and isinstance(meta.get("num_classes"), int):
-        num_classes = meta["num_classes"]
-    info = {"format": FORMAT, "model": name, "route": meta.get("route"),
-            "num_classes": num_classes or get_entry(name).num_classes,
-            **default_preprocessing(name, num_classes),
-            "preprocessing": "this project's defaults for the model (the checkpoint records none)",
-            "weights": Path(ckpt).name if ckpt is not None else "random (no --ckpt)"}
-    model = create_model(name, num_classes=num_classes).eval()
-    if state is None:
-        return decompose(project(model)), info
-    train_form_error = state_dict_mismatch(model, state)
-    if not train_form_error:
-        model.load_state_dict(state)
-        return decompose(project(model)), info
-    deployed = decompose(model, tol=math.inf)  # the same architecture in deploy form
-    if not state_dict_mismatch(deployed, state):
-        deployed.load_state_dict(state)
-        return deployed, info
-    raise ValueError(f"checkpoint {ckpt} does not fit model '{name}' (num_classes="
-                     f"{num_classes or get_entry(name).num_classes}): {train_form_error}")
-
-
-def onnx_metadata(info: Mapping[str, Any]) -> dict[str, str]:
-    """ONNX metadata_props (strings; lists and None as JSON) from a load_for_export description."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items() if k != "format"}
-
-
-def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...],
-                opset: int = DEFAULT_OPSET, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write `model` (eval mode) to ONNX at `path` with a dynamic batch axis; `input_shape` is
-    the example input's (B, C, H, W); `metadata` goes to the model's metadata_props. One file
-    (weights inline) unless the model is over 2 GB; :func:`export_onnx_files` lists the files."""
-    return export_onnx_files(model, path, input_shape, opset, metadata)[0]
-
-
-def export_onnx_files(model: nn.Module, path: str | Path, input_shape: tuple[int, ...],
-                      opset: int = DEFAULT_OPSET, metadata: Mapping[str, str] | None = None) -> list[Path]:
-    """export_onnx, returning every file written: [path], or [path, path + ".data"] for a model
-    over protobuf's 2 GB limit (external weights)."""
-    import onnx
-
-    if opset < 17:
-        raise ValueError(f"opset {opset} is too old: this export needs opset >= 17")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(*input_shape)
-    with tempfile.TemporaryDirectory(prefix="onnx_export_") as tmp:
-        # the exporter may write the weights to a side file; onnx.load gathers them back
-        raw = Path(tmp) / path.name
-        with torch.no_grad():
-            torch.onnx.export(
-                model.eval(), (example,), str(raw), dynamo=True, opset_version=opset,
-                input_names=["input"], output_names=["output"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
-            )
-        proto = onnx.load(str(raw), load_external_data=True)
-    if metadata:
-        onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
-    data = path.with_name(path.name + ".data")
-    if sum(t.ByteSize() for t in proto.graph.initializer) < INLINE_LIMIT:
-        onnx.save_model(proto, str(path), save_as_external_data=False)
-        if data.is_file():  # a stale side file of an earlier export to the same name
-            data.unlink()
-            print(f"removed {data} (left by an earlier export; {path} no longer uses it)")
-        return [path]
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-    return [path, data]
-
-
-def plan_for_onnxruntime(model: nn.Module, input_shape: tuple[int, ...], *, threads: int | None = None,
-                         reps: int = 15, forms: Sequence[str] | None = None, refine: bool = True) -> dict[str, str]:
-    """The ONNX Runtime deploy plan of a decomposed (or train-form) model, measured on a random
-    input of `input_shape` (B, C, H, W): layer name -> form (src/deploy/tuning.py, plan_recompose;
-    `refine`: checked on the whole model against no plan and each form everywhere)."""
-    from src.deploy import plan_recompose
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        x = torch.randn(*input_shape)
-    return plan_recompose(model, x, backend="onnxruntime", threads=threads, reps=reps, forms=forms, refine=refine)
-
-
-def plan_metadata(plan: Mapping[str, str] | None, model: nn.Module, measured_on: str) -> dict[str, str]:
-    """The deploy plan's ONNX metadata_props (see the module docstring); `model` is the model the
-    plan was made for (decomposed or train form, before the plan is applied)."""
-    from src.deploy import plan_summary
-    from src.deploy.forms import plannable_layers
-
-    plan = dict(plan or {})
-    total = sum(1 for _ in plannable_layers(model))
-    return {"deploy_plan": json.dumps(plan), "deploy_plan_measured_on": measured_on,
-            "deploy_plan_summary": json.dumps([list(kv) for kv in plan_summary(plan, total)])}
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -272,6 +116,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.plan == "onnxruntime":
         from src.deploy import decompose_planned
         from src.deploy.runtimes import machine_label, runtime_label
+        from src.deploy.tuning import plan_for_onnxruntime
 
         print(f"measuring the ONNX Runtime deploy plan of {name} at batch {args.batch} ...", flush=True)
         try:

@@ -1,6 +1,7 @@
 """Start a run from trained weights: ``model.init_from=<path>`` or ``+model.pretrained=true``.
 
-``model.init_from`` accepts, all read with ``torch.load(weights_only=True)``:
+``model.init_from`` accepts, all read by the project's one checkpoint reader
+(``src.checkpoint.read_checkpoint``, ``torch.load(weights_only=True)``):
 
 - a Lightning checkpoint of this pipeline (``runs/<...>/checkpoints/last.ckpt``): its
   ``state_dict`` holds the network under the LightningModule's ``model.`` prefix
@@ -34,19 +35,16 @@ import json
 import logging
 import socket
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["read_weights", "mismatch", "load_weights", "pretrained_state_dict", "load_pretrained", "init_model",
-           "origin", "PRETRAINED"]
+from src.checkpoint import read_checkpoint, state_dict_mismatch
+
+__all__ = ["load_weights", "pretrained_state_dict", "load_pretrained", "init_model", "origin", "PRETRAINED"]
 
 log = logging.getLogger(__name__)
-
-LIGHTNING_PREFIX = "model."
-EMA_KEY, EMA_PREFIX = "ema_state_dict", "ema.module."
-SHOWN = 8  # keys listed per kind in a mismatch message
 
 # registered dense name -> (library, its model name, the classifier's key prefixes)
 PRETRAINED: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -61,71 +59,13 @@ PRETRAINED: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
-def _tensors(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """(state_dict, kind) of a checkpoint, deploy file or state_dict file; kind is 'Lightning
-    checkpoint', 'Lightning checkpoint (EMA weights)', 'deploy file' or 'state_dict'. ValueError
-    naming the path when it cannot be read."""
-    path = Path(path)
-    where = f"model.init_from={path}"
-    if not path.is_file():
-        raise ValueError(f"{where}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise ValueError(f"{where}: cannot read it (corrupt, or not a torch.save file of tensors and plain "
-                         f"containers: {type(e).__name__}: {first})") from None
-    kind = "state_dict"
-    if isinstance(obj, Mapping) and "state_dict" in obj and not _tensors(obj):
-        if "pytorch-lightning_version" in obj or "global_step" in obj:
-            kind = "Lightning checkpoint"
-            if _tensors(obj.get(EMA_KEY)):
-                kind += " (EMA weights)"
-                obj = {LIGHTNING_PREFIX + k[len(EMA_PREFIX):]: v for k, v in obj[EMA_KEY].items()
-                       if k.startswith(EMA_PREFIX)}
-            else:
-                obj = obj["state_dict"]
-        elif "model" in obj:
-            kind = "deploy file"
-            obj = obj["state_dict"]
-        else:
-            obj = obj["state_dict"]
-    if not _tensors(obj):
-        raise ValueError(f"{where}: holds no state_dict (a mapping of names to tensors: a Lightning checkpoint, "
-                         f"a deploy.pt or torch.save(model.state_dict()))")
-    state = dict(obj)
-    if all(k.startswith(LIGHTNING_PREFIX) for k in state):
-        state = {k[len(LIGHTNING_PREFIX):]: v for k, v in state.items()}
-    return state, kind
-
-
-def mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    """'' when `state` fits `model` exactly; otherwise the missing keys, unexpected keys and
-    differing shapes (the first few of each, with counts)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} in the file vs {tuple(v.shape)} in the model"
-              for k, v in own.items() if k in state and state[k].shape != v.shape]
-    parts = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shapes differ", shapes)):
-        if items:
-            more = f", ... ({len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-            parts.append(f"{len(items)} {label}: {', '.join(items[:SHOWN])}{more}")
-    return "; ".join(parts)
-
-
 @torch.no_grad()
 def load_weights(model: nn.Module, path: str | Path, model_name: str | None = None) -> str:
     """Load the weights of `path` into `model` (strictly, in place); returns the file's kind.
     ValueError naming the path and what does not fit."""
-    state, kind = read_weights(path)
-    problem = mismatch(model, state)
+    ckpt = read_checkpoint(path, where=f"model.init_from={path}")
+    state, kind = ckpt.state_dict, ckpt.kind
+    problem = state_dict_mismatch(model, state)
     if problem:
         what = f"model '{model_name}'" if model_name else type(model).__name__
         raise ValueError(f"model.init_from={path} ({kind}) does not fit {what}: {problem}")
@@ -203,7 +143,7 @@ def load_pretrained(model: nn.Module, name: str) -> str:
         state.update({k: v for k, v in own.items() if k.startswith(head)})
     if PRETRAINED[name][0] == "timm-backbone":
         state.update({k: v for k, v in own.items() if not k.startswith("backbone.")})
-    problem = mismatch(model, state)
+    problem = state_dict_mismatch(model, state)
     if problem:
         raise ValueError(f"model.pretrained=true: {source} does not fit '{name}': {problem}")
     model.load_state_dict(state, strict=True)

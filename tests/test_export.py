@@ -1,4 +1,5 @@
-"""src.export: ONNX export of the decomposed model, and the checkpoint forms it accepts."""
+"""ONNX export of the decomposed model (src/deploy/export.py, its command line src/export.py), and
+the checkpoint forms it accepts (src/checkpoint.py reads them)."""
 
 import json
 import shutil
@@ -12,7 +13,9 @@ import torch
 from onnx import numpy_helper
 
 from src.deploy import default_preprocessing, save_deploy
-from src.export import _parser, deploy_model, main, read_checkpoint
+from src.checkpoint import read_checkpoint
+from src.deploy.export import deploy_model
+from src.export import _parser, main
 from src.models import create_model
 from src.structured import decompose, project
 
@@ -179,11 +182,11 @@ def test_checkpoint_forms_give_the_same_deployed_model(tmp_path, form):
 
 def test_bad_checkpoints_raise_value_errors_naming_the_file(tmp_path):
     missing = tmp_path / "nope.pt"
-    with pytest.raises(ValueError, match="nope.pt does not exist"):
+    with pytest.raises(ValueError, match="checkpoint .*nope.pt: no such file"):
         deploy_model(NAME, missing)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="corrupt.pt"):
+    with pytest.raises(ValueError, match="corrupt.pt: cannot read it"):
         read_checkpoint(corrupt)
     other = tmp_path / "resnet56.pt"
     torch.save(create_model("struct_resnet56_a").state_dict(), other)
@@ -191,7 +194,7 @@ def test_bad_checkpoints_raise_value_errors_naming_the_file(tmp_path):
         deploy_model(NAME, other)
     wrong_classes = tmp_path / "cifar100.pt"
     torch.save(create_model(NAME, num_classes=100).state_dict(), wrong_classes)
-    with pytest.raises(ValueError, match="cifar100.pt.*shape mismatch"):
+    with pytest.raises(ValueError, match="cifar100.pt.*shapes differ: fc.weight"):
         deploy_model(NAME, wrong_classes)
     assert deploy_model(NAME, wrong_classes, num_classes=100).fc.out_features == 100
     recorded = tmp_path / "deploy.pt"

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from src.deploy import load_deploy
-from src.init_from import init_model, load_weights, origin, read_weights
+from src.checkpoint import read_checkpoint
+from src.init_from import init_model, load_weights, origin
 from src.models import create_model
 from src.pipeline import build_model
 from src.structured import StructuredConv2d, structured_layers
@@ -73,7 +74,8 @@ def test_a_checkpoint_with_ema_weights_starts_from_them(dense_run, source, tmp_p
     ckpt = torch.load(dense_run / "checkpoints" / "last.ckpt", weights_only=True)
     ema = {f"ema.module.{k}": v + 0.5 if v.is_floating_point() else v for k, v in source.state_dict().items()}
     torch.save({**ckpt, "ema_state_dict": ema}, tmp_path / "ema.ckpt")
-    state, kind = read_weights(tmp_path / "ema.ckpt")
+    ckpt = read_checkpoint(tmp_path / "ema.ckpt")
+    state, kind = ckpt.state_dict, ckpt.kind
     assert kind == "Lightning checkpoint (EMA weights)"
     assert torch.equal(state["fc.bias"], source.fc.bias + 0.5)
 
@@ -97,13 +99,13 @@ def test_a_file_that_does_not_fit_names_missing_unexpected_and_shapes(source, tm
                                          r"keys: layer1\.3\.conv1\.weight, .*\(\d+ more\)"):
         load_weights(create_model("resnet20"), tmp_path / "resnet32.pt", "resnet20")
     with pytest.raises(ValueError, match=rf"model.init_from={tmp_path}/missing.pt: no such file"):
-        read_weights(tmp_path / "missing.pt")
+        load_weights(create_model("resnet20"), tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"junk\.pt: cannot read it"):
-        read_weights(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match=r"model.init_from=.*junk\.pt: cannot read it"):
+        load_weights(create_model("resnet20"), tmp_path / "junk.pt")
     torch.save({"a": 1}, tmp_path / "nothing.pt")
-    with pytest.raises(ValueError, match=r"nothing\.pt: holds no state_dict"):
-        read_weights(tmp_path / "nothing.pt")
+    with pytest.raises(ValueError, match=r"checkpoint .*nothing\.pt: holds no state_dict"):
+        read_checkpoint(tmp_path / "nothing.pt")
 
 
 def test_pretrained_weights_fail_in_one_clear_line_offline(monkeypatch, tmp_path):

@@ -15,7 +15,7 @@ A backend has
 
 Backends: ``eager`` (NCHW) and ``eager_cl`` (channels_last), plain PyTorch under
 ``torch.no_grad``; ``compile``, ``torch.compile`` (inductor, freezing on), channels_last;
-``onnxruntime``, the model exported by :func:`src.export.export_onnx` on ONNX Runtime's CPU
+``onnxruntime``, the model exported by :func:`src.deploy.export.export_onnx` on ONNX Runtime's CPU
 provider; ``cuda``, ``cuda_bf16`` (autocast) and ``cuda_compile``, channels_last on the GPU. The
 CPU ones run as src/deploy/runtimes.py runs them, which the deploy plan also uses.
 """
@@ -151,7 +151,7 @@ class Cuda(_Base):
 
 @dataclass(frozen=True)
 class OnnxRuntime(_Base):
-    """The model exported by src.export.export_onnx, ONNX Runtime's CPU provider: full graph
+    """The model exported by src.deploy.export.export_onnx, ONNX Runtime's CPU provider: full graph
     optimisation, `threads` intra-op threads, no spin-waiting (sessions timed in turn would
     otherwise spin on each other's cores)."""
 
@@ -164,7 +164,7 @@ class OnnxRuntime(_Base):
         try:
             import onnxruntime as ort
 
-            from src.export import export_onnx
+            from src.deploy.export import export_onnx
 
             # no spin-waiting after a run: idle sessions would steal the cores of the one being timed
             opts = ort_session_options(self.threads)

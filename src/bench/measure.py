@@ -387,7 +387,7 @@ def ort_op_times(model: nn.Module, x: torch.Tensor, iters: int, threads: int | N
     from pathlib import Path
 
     from src.deploy.runtimes import ort_session
-    from src.export import export_onnx
+    from src.deploy.export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="bench_ort_profile_") as tmp:
         path = export_onnx(copy.deepcopy(model), Path(tmp) / "model.onnx", tuple(x.shape))

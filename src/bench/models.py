@@ -40,7 +40,7 @@ at this batch, then checked on the whole model for eager and ONNX Runtime, ``--p
 - ``compile``: ``torch.compile`` (inductor, freezing on: weights constant-folded, as for CPU
   inference), channels_last; plan measured on each layer's candidates compiled; skipped with the
   reason if compilation fails here.
-- ``onnxruntime``: the model exported by :func:`src.export.export_onnx`, CPU provider, full
+- ``onnxruntime``: the model exported by :func:`src.deploy.export.export_onnx`, CPU provider, full
   graph optimisation, ``intra_op_num_threads`` = the thread count, no spin-waiting (sessions
   timed in turn would otherwise spin on each other's cores); plan measured on ONNX Runtime (the
   graph ``python -m src.export`` writes by default).

@@ -34,7 +34,8 @@ The older format that ``src.train`` wrote first, ``{"model", "route", "num_class
 defaults for the model's input size are assumed (CIFAR-10 statistics at 32 x 32, ImageNet
 statistics otherwise: what every configuration of this project trains with).
 
-This module imports only torch at import time (src.models, torchvision and PIL when used).
+This module imports only torch and src.checkpoint (the project's one checkpoint reader) at import
+time (src.models, torchvision and PIL when used).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["FORMAT", "VERSION", "DeployedModel", "save_deploy", "load_deploy", "from_checkpoint_dict",
+from src.checkpoint import Checkpoint, read_checkpoint, state_dict_mismatch
+
+__all__ = ["FORMAT", "VERSION", "DeployedModel", "save_deploy", "load_deploy", "from_checkpoint",
            "default_preprocessing", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN", "IMAGENET_STD",
            "CIFAR10_CLASSES", "CITYSCAPES_CLASSES"]
 
@@ -192,20 +195,6 @@ def save_deploy(path: str | Path, model: nn.Module, *, model_name: str, route: s
 
 
 # ---------------------------------------------------------------------------------- loading
-def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    """Short description of how `state` fails to fit `model` ('' if it fits)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if items:
-            parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
-    return "; ".join(parts)
-
-
 def get_entry_size(name: str) -> tuple[int, int, int]:
     from src.models import get_entry
 
@@ -234,15 +223,17 @@ def _architectures(name: str, num_classes: int, kwargs: Mapping[str, Any], struc
         yield "dense", model
 
 
-def from_checkpoint_dict(obj: Any, source: str | Path = "<dict>", map_location: Any = "cpu") -> "DeployedModel":
-    """The DeployedModel of an already loaded deploy dict (new or old format); `source` names it
-    in errors. :func:`load_deploy` reads the file and calls this."""
+def from_checkpoint(ckpt: Checkpoint, source: str | Path | None = None, map_location: Any = "cpu") -> "DeployedModel":
+    """The DeployedModel of a deploy file already read by ``src.checkpoint.read_checkpoint`` (new
+    or old format); `source` names it in errors (default: the checkpoint's label).
+    :func:`load_deploy` reads the file and calls this."""
     from src.models import get_entry
 
-    if not isinstance(obj, Mapping) or "state_dict" not in obj or "model" not in obj:
-        found = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+    source = source if source is not None else ckpt.where
+    if not ckpt.is_deploy_file:
         raise ValueError(f"{source} is not a deploy file (expected a dict with 'model' and 'state_dict', as "
-                         f"save_deploy or src.train write it; found {found})")
+                         f"save_deploy or src.train write it; found a {ckpt.kind})")
+    obj = {**ckpt.meta, "state_dict": ckpt.state_dict}
     fmt = obj.get("format")
     if fmt is not None and fmt != FORMAT:
         raise ValueError(f"{source} has format {fmt!r}, not {FORMAT!r}")
@@ -251,9 +242,6 @@ def from_checkpoint_dict(obj: Any, source: str | Path = "<dict>", map_location: 
     if fmt == FORMAT and obj["version"] > VERSION:
         raise ValueError(f"{source} is deploy format version {obj['version']}; this code reads up to {VERSION}")
     state = obj["state_dict"]
-    if not isinstance(state, Mapping) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ValueError(f"{source}: 'state_dict' is not a mapping of names to tensors")
     name = obj["model"]
     try:
         entry = get_entry(name)
@@ -306,15 +294,8 @@ def load_deploy(path: str | Path, map_location: Any = "cpu") -> "DeployedModel":
     """Load a deploy file written by :func:`save_deploy` (or src.train's older format): the
     model rebuilt in its deploy form (registry name -> create_model -> decompose), weights loaded
     strictly, eval mode, with its preprocessing. ValueError naming `path` if it cannot be used."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"deploy file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise ValueError(f"cannot read {path}: corrupt, or not a torch.save file of tensors and plain "
-                         f"containers ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    return from_checkpoint_dict(obj, path, map_location)
+    ckpt = read_checkpoint(path, where=f"deploy file {path}", map_location=map_location)
+    return from_checkpoint(ckpt, Path(path), map_location)
 
 
 # ---------------------------------------------------------------------------------- inference

@@ -3,7 +3,7 @@
 - ``eager``: plain PyTorch under ``torch.no_grad``, in the input's memory format;
 - ``compile``: ``torch.compile`` (inductor, static shapes, ``freezing`` on: weights
   constant-folded, as for CPU inference), inside :func:`compile_session`;
-- ``onnxruntime``: the ONNX graph of :func:`src.export.export_onnx` (the dynamo exporter) on ONNX
+- ``onnxruntime``: the ONNX graph of :func:`src.deploy.export.export_onnx` (the dynamo exporter) on ONNX
   Runtime's CPU provider with :func:`ort_session_options`: full graph optimisation, `threads`
   intra-op threads, no spin-waiting (sessions timed in turn would otherwise spin on each other's
   cores).
@@ -24,6 +24,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from .export import DEFAULT_OPSET, export_onnx
 
 __all__ = ["RUNTIMES", "Runner", "inductor_freezing", "compile_session", "eager_runner", "compiled_runner",
            "ort_session_options", "ort_session", "onnxruntime_runner", "export_many_onnx", "runtime_label",
@@ -93,8 +95,7 @@ def ort_session(model: "str | Path | bytes", threads: int | None = None, profile
 
 
 def onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int | None = None) -> Runner:
-    """`model` exported by src.export.export_onnx (dynamic batch), on ONNX Runtime."""
-    from src.export import export_onnx
+    """`model` exported by src.deploy.export.export_onnx (dynamic batch), on ONNX Runtime."""
 
     with tempfile.TemporaryDirectory(prefix="onnx_runner_") as tmp:  # the session holds the graph
         path = export_onnx(model, Path(tmp) / "model.onnx", tuple(x.shape))
@@ -143,8 +144,6 @@ def export_many_onnx(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor
     single dynamo export of all of them side by side, split with onnx.utils.Extractor."""
     import onnx
     import onnx.utils
-
-    from src.export import DEFAULT_OPSET
 
     wrapper = _Many([m.eval() for m in modules], index).eval()
     inputs = _distinct(inputs)

@@ -6,7 +6,8 @@ module holds the explicit, measured per-model choices:
 
 - :func:`plan_recompose`: the per-layer deploy plan (layer name -> exact form,
   src/deploy/forms.py), measured on an example input on the backend that will run the model:
-  eager PyTorch, ``torch.compile`` or ONNX Runtime (src/deploy/runtimes.py).
+  eager PyTorch, ``torch.compile`` or ONNX Runtime (src/deploy/runtimes.py);
+  :func:`plan_for_onnxruntime`: the ONNX Runtime one on a seeded random input (``python -m src.export``).
 - :func:`time_interleaved` (src/timer.py): the wall-clock timer it, and the benchmarks
   (src/bench), use; re-exported here.
 
@@ -29,7 +30,7 @@ from src.timer import time_interleaved
 from .forms import DEPLOY_FORMS, LayerForm, decompose_planned, layer_forms, plannable_layers, rewrite_layer
 from .runtimes import RUNTIMES as PLAN_BACKENDS
 
-__all__ = ["time_interleaved", "plan_recompose", "PLAN_FORMS", "PLAN_BACKENDS"]
+__all__ = ["time_interleaved", "plan_recompose", "plan_for_onnxruntime", "PLAN_FORMS", "PLAN_BACKENDS"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,3 +221,15 @@ def plan_recompose(module: nn.Module, example_input: torch.Tensor, *, reps: int 
         if best is not None and t[best + 1] * (1 + margin) < t[0]:
             plan = alternatives[best]
     return plan
+
+
+def plan_for_onnxruntime(model: nn.Module, input_shape: tuple[int, ...], *, threads: int | None = None,
+                         reps: int = 15, forms: Sequence[str] | None = None, refine: bool = True) -> dict[str, str]:
+    """The ONNX Runtime deploy plan of a decomposed (or train-form) model, measured on a seeded
+    random input of `input_shape` (B, C, H, W): :func:`plan_recompose` with backend
+    "onnxruntime" (`refine`: checked on the whole model against no plan and each form
+    everywhere). ``python -m src.export`` measures it before exporting."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(*input_shape)
+    return plan_recompose(model, x, backend="onnxruntime", threads=threads, reps=reps, forms=forms, refine=refine)
