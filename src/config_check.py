@@ -1,13 +1,17 @@
-"""Validate a training configuration before any work: every value the code reads, with the key,
-the value and what is allowed in the message (all problems at once)."""
+"""Validate a training command before any work: its overrides against the configuration (a
+mistyped experiment or key: one line naming the nearest valid names, :func:`check_command_line`),
+then every value the code reads, with the key, the value and what is allowed in the message (all
+problems at once, :func:`validate`). Imports nothing heavier than Hydra."""
 
 from __future__ import annotations
 
+import difflib
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ConfigError", "validate"]
+__all__ = ["ConfigError", "validate", "check_command_line"]
 
 PROGRESS_BARS = ("rich", "simple", "none")
 ROUTES = ("regularized", "direct")
@@ -79,9 +83,11 @@ def _path(v):
 
 
 def _method(v):
+    if v is None:
+        return None
     from src.compress import METHODS
 
-    return None if v is None or v in METHODS else f"one of {', '.join(METHODS)} or null"
+    return None if v in METHODS else f"one of {', '.join(METHODS)} or null"
 
 
 # key -> check; a key absent from the config (another dataset's or optimizer's) is skipped.
@@ -211,3 +217,105 @@ def validate(cfg: DictConfig | dict) -> None:
         problems.append(f"optim.milestones={milestones!r}: must be a list of positive epoch numbers")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# ----------------------------------------------------------------------------- the command line
+def _nearest(word: str, names: list[str], cutoff: float = 0.6) -> list[str]:
+    return difflib.get_close_matches(word, names, n=3, cutoff=cutoff)
+
+
+def _options(conf: Path, group: str) -> list[str]:
+    """The options of config group `group` (``conf/<group>/**/*.yaml``, relative, without suffix)."""
+    return sorted(p.relative_to(conf / group).with_suffix("").as_posix() for p in (conf / group).rglob("*.yaml"))
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    keys = []
+    for k, v in node.items():
+        keys.append(f"{prefix}{k}")
+        keys += _flat_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def _compose(conf: Path, config_name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _unknown_key(arg: str, key: str, conf: Path, config_name: str, groups: list[str]) -> str:
+    """The message for an override of a key the configuration does not have: its nearest keys (or
+    the keys where it was looked for)."""
+    cfg = OmegaConf.to_container(_compose(conf, config_name, groups), resolve=False)
+    keys = _flat_keys(cfg)
+    near = _nearest(key, keys, cutoff=0.8)
+    if near:
+        return f"{arg}: no key {key} in the configuration; nearest: {', '.join(near)}"
+    parts = key.split(".")
+    parent = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in keys), "")
+    node = cfg
+    for part in parent.split(".") if parent else []:
+        node = node[part]
+    here = sorted(k for k in node) if isinstance(node, dict) else []
+    where = f"{parent} has" if parent else "the top level has"
+    return f"{arg}: no key {key} in the configuration ({where}: {', '.join(here)})"
+
+
+def check_command_line(args: list[str], conf: Path, config_name: str = "train") -> str | None:
+    """None when Hydra composes `args` (src.train's command-line overrides); else one line naming the
+    override that does not fit and the nearest valid names: a mistyped experiment or config group
+    option (``+exp=cifar10/struct_resnt20_a``), key (``trainer.max_epoch=1``) or syntax. Arguments
+    that are Hydra's own flags (``--help``, ``-m``, ``--cfg``...) are left to Hydra."""
+    if any(a.startswith("-") for a in args):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in args:
+        try:
+            parsed.append((arg, parser.parse_override(arg)))
+        except HydraException as e:  # (OverrideParseException, or the grammar's own)
+            return f"{arg}: not an override key=value ({str(e).splitlines()[0]})"
+    groups = []  # the config group choices, checked against conf/<group>/
+    for arg, o in parsed:
+        group = o.key_or_group
+        if group.startswith("hydra") or not (conf / group).is_dir() or o.is_delete():
+            continue
+        value = o.value()
+        if not isinstance(value, str):
+            continue
+        options = _options(conf, group)
+        if value not in options:
+            what = "experiment" if group == "exp" else f"{group} option"
+            near = _nearest(value, options) or options[:8]
+            return (f"{arg}: no {what} {value!r} (conf/{group}/{value}.yaml); "
+                    f"{'nearest' if _nearest(value, options) else 'some of them'}: {', '.join(near)}")
+        groups.append(arg)
+    try:
+        _compose(conf, config_name, list(args))
+    except ConfigCompositionException as e:
+        msg = str(e)
+        for arg, o in parsed:
+            key = o.key_or_group
+            if f"Could not override '{key}'" in msg and "No match in the defaults list" in msg:
+                return f"{arg}: {key} is not chosen by default, so it is added: +{arg}"
+            if f"Could not override '{key}'" in msg:
+                return _unknown_key(arg, key, conf, config_name, groups)
+            if f"An item is already at '{key}'" in msg:
+                return f"{arg}: {key} is already in the configuration: set it without the +, {arg.lstrip('+')}"
+            if f"'{key}' does not exist" in msg:
+                return _unknown_key(arg, key, conf, config_name, groups).replace(" in the configuration", " to delete")
+        return msg.splitlines()[0]
+    except HydraException as e:
+        return str(e).splitlines()[0]
+    return None

@@ -33,20 +33,31 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from src import pipeline, provenance, runs
-from src.config_check import ConfigError, validate
-from src.data.errors import CorruptFileError, DataRootError
-from src.pipeline import CODE, CONFIG, HISTORY, LOG, SUMMARY, report  # noqa: F401  (the run directory's files)
+from src import provenance, runs
+from src.config_check import ConfigError, check_command_line, validate
+from src.summary import FILENAME as SUMMARY
+
+# What this module needs before a run starts (the --help, the command-line and configuration checks,
+# the run directory's refusals) imports no model, data or Lightning code: src.pipeline and the rest
+# are imported when the run starts.
 
 log = logging.getLogger("src.train")
+
+# The files of a run directory (src/pipeline.py writes them under the same names).
+CONFIG, HISTORY, LOG, CODE = "config.yaml", "metrics.csv", "train.log", "code.json"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # wandb's offline logger re-uses the run directory on resume; its warning about it is expected.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
-# Errors a person fixes (configuration, run directory, data, model name, rules, diverged training):
-# one message, no traceback. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, runs.RunDirError, DataRootError, CorruptFileError, FileNotFoundError,
-               FloatingPointError, ValueError, KeyError)
+
+def is_user_error(e: BaseException) -> bool:
+    """Errors a person fixes (configuration, run directory, data, model name, rules, diverged
+    training): one message, no traceback. Anything else is a bug and keeps its traceback."""
+    if isinstance(e, (ConfigError, runs.RunDirError, FileNotFoundError, FloatingPointError, ValueError, KeyError)):
+        return True  # (src.data's DataRootError is a FileNotFoundError)
+    data_errors = sys.modules.get("src.data.errors")  # not imported: the error cannot be one of its
+    return data_errors is not None and isinstance(e, data_errors.CorruptFileError)
 
 
 def _attach_log_file(path: Path) -> logging.Handler:
@@ -122,6 +133,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log_file(run_dir / LOG)
     try:
+        from src import pipeline
+
         return pipeline.execute(cfg, run_dir, _overrides(), t_start)
     except BaseException as e:  # the error and its traceback go into train.log, whatever main prints
         handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "run failed: %s: %s",
@@ -138,17 +151,27 @@ def _debug(cfg: DictConfig) -> bool:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except USER_ERRORS as e:
-        if _debug(cfg):
+    except Exception as e:
+        if not is_user_error(e) or _debug(cfg):
             raise
         log_file = getattr(e, "log_file", None)
         where = f" (traceback in {log_file})" if log_file else ""
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}{where}\nSet HYDRA_FULL_ERROR=1 (or debug=true) to see the traceback.", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """The command: a mistyped experiment, config option or key is one ``error:`` line with the
+    nearest valid names (exit status 2) before Hydra composes anything; then the run."""
+    problem = check_command_line(sys.argv[1:], CONF_DIR)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    _main()
 
 
 if __name__ == "__main__":
