@@ -25,7 +25,6 @@ if __name__ == "__main__" and any(a in ("--malloc=tuned", "tuned") for a in sys.
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -36,6 +35,7 @@ from src.models.cifar_resnet import cifar_resnet  # noqa: E402
 from src.structured import StructuredConv2d, complexity, decompose, structural_loss, structurize  # noqa: E402
 
 from . import report  # noqa: E402
+from .records import LayerRow, LossOverhead  # noqa: E402,F401  (re-exported)
 from .timing import (  # noqa: E402
     configure_allocator,
     huge_pages_label,
@@ -47,32 +47,6 @@ from .timing import (  # noqa: E402
 
 # (C, H = W, batch): CIFAR stages, then ImageNet ResNet stages
 LAYERS = [(16, 32, 32), (32, 16, 32), (64, 8, 32), (64, 56, 4), (128, 28, 4), (256, 14, 4), (512, 7, 4)]
-
-
-@dataclass(frozen=True)
-class LossOverhead:
-    """Median seconds of a CIFAR ResNet-56 SGD step (channels_last) with and without the
-    structural loss, and of the structural loss's forward + backward alone."""
-
-    batch: int
-    structured_layers: int
-    plain_s: float
-    reg_s: float
-    loss_alone_s: float
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    """One 3x3 conv (C -> C, stride 1, pad 1) against its decomposition (c inner channels, n = 2)."""
-
-    channels: int
-    hw: int
-    batch: int
-    inner_channels: int
-    memory_format: str  # "NCHW" or "channels_last"
-    dense_s: float
-    dec_s: float
-    mac_ratio: float
 
 
 def measure_loss_overhead(batch: int, reps: int, lam: float = 1e-2) -> LossOverhead:

@@ -6,6 +6,7 @@ src/bench/report.py.
 - :func:`measure_training`: SGD steps, dense vs structured (+ structural loss) -> :class:`TrainingRow` s;
 - :func:`measure_profile`: where the time goes per layer kind (torch.profiler) -> :class:`Profile`.
 
+The records (:class:`Row`, ...) are defined in src/bench/records.py and re-exported here.
 Models are built as the registry builds them, with random weights (``--quick``'s tiny model,
 :data:`QUICK_MODEL`, is built here); each measurement runs in a :func:`~src.bench.timing.seeded`
 block (seed 0, the caller's RNG state restored after it). Each backend's "+plan" rows run the
@@ -16,7 +17,6 @@ src/deploy/tuning.py), applied with :func:`src.deploy.decompose_planned`.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -30,6 +30,7 @@ from src.structured import DecomposedConv2d, SumPool, complexity, decompose, pro
 from src.structured.ops import structured_layers
 
 from .backends import CL, Backend, Skip
+from .records import LAYER_KINDS, Breakdown, OrtProfile, PlanCounts, Profile, Row, Skipped, TrainingRow
 from .timing import seeded, time_interleaved
 
 __all__ = ["ROUNDS", "QUICK_MODEL", "PlanCounts", "Row", "Skipped", "TrainingRow", "Breakdown", "Profile",
@@ -76,56 +77,6 @@ def build(name: str, variant: str | None = None) -> nn.Module:
     if variant is not None:
         structurize(model, load_structure("cifar_resnet", variant))
     return model
-
-
-@dataclass(frozen=True)
-class PlanCounts:
-    """How many of a model's `total` structured layers a deploy plan moved to each form: `dense`
-    and `spatial` layer kinds (with any sum-pool forms), `other`: layers left decomposed but with
-    fixed sum-pool forms; `forms`: [(form, layers)] of the whole plan (src.deploy.plan_summary)."""
-
-    dense: int
-    spatial: int
-    total: int
-    other: int = 0
-    forms: tuple[tuple[str, int], ...] = ()
-
-    @classmethod
-    def of(cls, plan: dict[str, str], total: int) -> "PlanCounts":
-        kinds = [LayerForm.parse(f) for f in plan.values()]
-        return cls(sum(f.kind == "dense" for f in kinds), sum(f.kind == "spatial" for f in kinds), total,
-                   sum(f.kind == "decomposed" and not f.is_default for f in kinds),
-                   tuple(plan_summary(plan, total)))
-
-
-@dataclass
-class Row:
-    """One (model, batch, backend, variant): the dense and the decomposed median latency."""
-
-    model: str
-    input_hw: tuple[int, int]
-    batch: int
-    backend: str
-    variant: str  # "a" / "b"
-    dense_s: float
-    dec_s: float
-    mac_ratio: float  # decomposed / dense multiply-accumulates, each layer counted in the form it runs
-    round_ratios: tuple[float, ...] = ()  # decomposed / dense within each timing round
-    plan: PlanCounts | None = None  # set on the rows of the variant deployed with its deploy plan
-
-    @property
-    def ratio(self) -> float:
-        return self.dec_s / self.dense_s
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A backend that could not run a (model, batch), and why."""
-
-    model: str
-    batch: int
-    backend: str
-    reason: str
 
 
 def _input(name: str, batch: int) -> torch.Tensor:
@@ -235,18 +186,6 @@ def rows_from_json(text: str) -> tuple[list[Row], list[Skipped]]:
 
 
 # ---------------------------------------------------------------------------------- training
-@dataclass(frozen=True)
-class TrainingRow:
-    """Median seconds per SGD step (forward, backward, update), channels_last."""
-
-    model: str
-    batch: int
-    dense_s: float
-    task_s: float  # structured model, task loss only
-    reg_s: float  # structured model, task loss + lam * structural loss
-    loss_alone_s: float  # the structural loss's forward + backward alone
-
-
 def measure_training(name: str, batch: int, reps: int, lam: float = 1e-2) -> TrainingRow:
     """Training steps: dense model, struct_<name>_a with the task loss only, and with
     + lam * structural_loss (the regularized route), timed interleaved with the structural loss's
@@ -279,31 +218,6 @@ def _measure_training(name: str, batch: int, reps: int, lam: float) -> TrainingR
 
 
 # ---------------------------------------------------------------------------------- profile
-LAYER_KINDS = ("conv (dense kernel)", "sum-pool", "small conv (alpha)", "other (BN, ReLU, adds, pooling, fc)",
-               "total")
-
-
-@dataclass(frozen=True)
-class Breakdown:
-    """One model's forward: ms per layer kind (LAYER_KINDS), and the most expensive aten ops
-    (name, self ms), per forward."""
-
-    ms: dict[str, float]
-    top_ops: list[tuple[str, float]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Dense, decomposed (variant a) and deploy-plan forms of one (model, batch), eager channels_last."""
-
-    model: str
-    batch: int
-    plan: PlanCounts
-    dense: Breakdown
-    decomposed: Breakdown
-    planned: Breakdown
-
-
 def _kind(module: nn.Module, parent: nn.Module | None) -> str | None:
     if isinstance(module, SumPool):
         return "sum-pool"
@@ -366,19 +280,6 @@ def measure_profile(name: str, batch: int, iters: int, forms: Sequence[str] | No
 
 
 # ---------------------------------------------------------------------------------- ONNX Runtime profile
-@dataclass(frozen=True)
-class OrtProfile:
-    """Where ONNX Runtime spends a forward, ms per op type (its own profiler, the graph after its
-    optimisations): the dense model, struct_<name>_<variant> decomposed, and with its ONNX Runtime
-    deploy plan."""
-
-    model: str
-    batch: int
-    variant: str
-    plan: PlanCounts
-    columns: dict[str, dict[str, float]]  # label -> op type -> ms per forward (and "total")
-
-
 def ort_op_times(model: nn.Module, x: torch.Tensor, iters: int, threads: int | None = None) -> dict[str, float]:
     """ms per forward of each ONNX Runtime op type (e.g. Conv, ReorderInput, Slice, Add; fused
     nodes by their fused type) over `iters` runs after one warm-up, and their sum as "total"."""

@@ -64,8 +64,8 @@ one shape, src/bench/measure.py: TinyNet), variant a, batch 2, the backends eage
 onnxruntime each with its plan among three forms, few repetitions, one extra allocator row set
 (tuned, eager_cl), and the quick versions of the other sections.
 
-Layout: this module is the command line; src/bench/measure.py measures (returning data:
-``Row``, ``Skipped``, ``TrainingRow``, ``Profile``), src/bench/backends.py holds one unit per
+Layout: this module is the command line; src/bench/measure.py measures (returning the records
+of src/bench/records.py: ``Row``, ``Skipped``, ``TrainingRow``, ``Profile``), src/bench/backends.py holds one unit per
 backend (``session()`` + ``prepare(model, x)``), src/bench/report.py renders markdown, and
 src/bench/timing.py the settings: the thread count, inductor freezing and the RNG are set in
 ``with`` blocks and restored after them; the allocator setting (mallopt) is process-wide.

@@ -1,15 +1,15 @@
-"""Markdown rendering of the benchmarks' measurements (src/bench/measure.py, src/bench/core.py):
+"""Markdown rendering of the benchmarks' measurements (src/bench/records.py, returned by
+src/bench/measure.py and src/bench/core.py):
 pure functions from data to text, no timing and no global state. The layouts are those of
 results/speed.md and results/bench_core.md."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:  # (data classes only: rendering needs neither torch nor the models)
-    from .core import LayerRow, LossOverhead
-    from .measure import OrtProfile, PlanCounts, Profile, Row, Skipped, TrainingRow
+# the records only (a leaf module): rendering needs neither torch nor the models
+from .records import LayerRow, LossOverhead, OrtProfile, PlanCounts, Profile, Row, Skipped, TrainingRow
 
 __all__ = ["ROW_HEADER", "RunInfo", "speed_header", "speed_report", "row_line", "skipped_line", "models_section",
            "plans_section", "target_ratio", "targets_section", "extremes_section", "allocator_section",
