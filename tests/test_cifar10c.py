@@ -156,7 +156,8 @@ def test_same_seed_same_output_other_seed_other_output(name, small):
 
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC))
 def test_deterministic_corruptions_ignore_the_seed(name, small):
-    assert np.array_equal(corrupt_c(small[:4], name, 3, seed=0), corrupt_c(small[:4], name, 3, seed=7))
+    x = small[:4]
+    assert np.array_equal(corrupt_c(x, name, 3, seed=0), corrupt_c(x, name, 3, seed=7))
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS_C)

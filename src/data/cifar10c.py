@@ -1,4 +1,4 @@
-"""The 15 corruptions of CIFAR-10-C at severities 1-5, with CIFAR-10-C's parameters for 32x32 images.
+"""The 15 corruptions of CIFAR-10-C at severities 1-5, with CIFAR-10-C's parameters (32x32).
 
 Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
 Perturbations", ICLR 2019. Every parameter below is the one of the script that made CIFAR-10-C,
@@ -77,11 +77,12 @@ PARAMS: dict[str, tuple] = {
     "shot_noise": (500, 250, 100, 75, 50),                               # photons per unit
     "impulse_noise": (.01, .02, .03, .05, .07),                          # s&p amount
     "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),  # radius, alias
-    "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),  # sigma, delta, iters
+    "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1),              # sigma, max delta,
+                   (0.25, 1, 2), (0.4, 1, 2)),                           # passes
     "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),         # radius, sigma
-    "zoom_blur": ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01),     # np.arange(start, stop, step)
+    "zoom_blur": ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01),     # np.arange(*c)
                   (1, 1.21, 0.01), (1, 1.26, 0.01)),
-    "snow": ((0.1, 0.2, 1, 0.6, 8, 3, 0.95),                             # loc, scale, zoom, threshold,
+    "snow": ((0.1, 0.2, 1, 0.6, 8, 3, 0.95),                             # loc, scale, zoom, thresh,
              (0.1, 0.2, 1, 0.5, 10, 4, 0.9),                             # blur radius, blur sigma,
              (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),                        # image weight
              (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
@@ -207,7 +208,8 @@ def _clipped_zoom(img: np.ndarray, zoom_factor: float) -> np.ndarray:
     return out.reshape(h, h, n, c).transpose(2, 0, 1, 3) if batched else out
 
 
-def _motion_blur_kernel(radius: float, sigma: float, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _motion_blur_kernel(radius: float, sigma: float,
+                        angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ImageMagick's MotionBlurImage kernel: width 2*ceil(radius)+1 (GetOptimalKernelWidth1D), a
     one-sided Gaussian exp(-i^2 / 2 sigma^2) normalised to sum 1 (GetMotionBlurKernel), and tap i
     read at pixel offset (ceil(i cos a - 0.5), ceil(i sin a - 0.5)) in (column, row)."""
@@ -241,7 +243,8 @@ def _motion_blur(img: np.ndarray, radius: float, sigma: float, angle: float) -> 
     return np.floor(q16 / 257.0).astype(np.uint8)
 
 
-def _plasma_fractal(rng: np.random.Generator, mapsize: int = 32, wibbledecay: float = 3) -> np.ndarray:
+def _plasma_fractal(rng: np.random.Generator, mapsize: int = 32,
+                    wibbledecay: float = 3) -> np.ndarray:
     """Diamond-square height map in [0, 1], (mapsize, mapsize); make_cifar_c.py's plasma_fractal."""
     assert mapsize & (mapsize - 1) == 0
     maparray = np.empty((mapsize, mapsize), dtype=np.float64)
@@ -256,7 +259,8 @@ def _plasma_fractal(rng: np.random.Generator, mapsize: int = 32, wibbledecay: fl
         cornerref = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
         squareaccum = cornerref + np.roll(cornerref, shift=-1, axis=0)
         squareaccum += np.roll(squareaccum, shift=-1, axis=1)
-        maparray[stepsize // 2:mapsize:stepsize, stepsize // 2:mapsize:stepsize] = wibbledmean(squareaccum)
+        half = slice(stepsize // 2, mapsize, stepsize)
+        maparray[half, half] = wibbledmean(squareaccum)
 
     def filldiamonds():
         drgrid = maparray[stepsize // 2:mapsize:stepsize, stepsize // 2:mapsize:stepsize]
@@ -293,9 +297,10 @@ def _frost_images() -> tuple[np.ndarray, ...]:
 
 
 def _glass_shuffle(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """One pass of the reference's pixel "swap" loop, vectorized. The reference visits
-    (h, w) for h, w in range(32 - 1, 1, -1) (rows, then columns, 31 down to 2) and runs ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy views, which
-    copies x[h', w'] into x[h, w] and leaves x[h', w'] as it was. With max_delta 1 the offsets
+    """One pass of the reference's pixel "swap" loop, vectorized. The reference visits (h, w)
+    for h, w in range(32 - 1, 1, -1) (rows, then columns, 31 down to 2) and runs
+    ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy views, which copies x[h', w'] into
+    x[h, w] and leaves x[h', w'] as it was. With max_delta 1 the offsets
     (dy, dx) are in {-1, 0} (randint's upper bound is exclusive), so every source pixel is visited
     later than its target and is still unmodified: the sequential loop equals one gather.
     `offsets` (n, n, 2) holds (dx, dy) per visited pixel in visiting order."""
@@ -309,7 +314,8 @@ def _glass_shuffle(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------
 # The corruptions. Per-image ones take (x uint8 (32, 32, 3), c, rng); batched ones (deterministic)
-# take (X uint8 (N, 32, 32, 3), c). They return floats in [0, 255] (truncated to uint8 after) or uint8.
+# take (X uint8 (N, 32, 32, 3), c). They return floats in [0, 255] (truncated to uint8 after) or
+# uint8.
 # ------------------------------------------------------------------------------------------------
 
 def _gaussian_noise(x, c, rng):
@@ -342,7 +348,7 @@ def _defocus_blur(X, c):
 
 def _glass_blur(x, c, rng):
     sigma, max_delta, iterations = c
-    assert max_delta == 1, "the vectorized shuffle is exact for max_delta 1 only (all CIFAR severities)"
+    assert max_delta == 1, "the vectorized shuffle is exact for max_delta 1 (all CIFAR severities)"
     x = np.uint8(_gaussian(x / 255., sigma, channel_axis=-1) * 255)
     n = IMSIZE - 2 * max_delta
     offsets = rng.integers(-max_delta, max_delta, size=(iterations, n, n, 2))
@@ -545,7 +551,8 @@ def cache_path(images: np.ndarray, name: str, severity: int, seed: int = 0,
     severity = _check_severity(severity)
     seed = _check_seed(seed)
     if not key or any(ch in key for ch in "/\\") or key.startswith("."):
-        raise ValueError(f"cache key {key!r}: expected a plain non-empty file name (no '/', no leading '.')")
+        raise ValueError(f"cache key {key!r}: expected a plain non-empty file name "
+                         f"(no '/', no leading '.')")
     if digest is None:
         digest = images_digest(images, indices)
     full = hashlib.sha256(f"{digest};{_library_versions()}".encode()).hexdigest()[:16]
