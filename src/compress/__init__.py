@@ -69,52 +69,13 @@ the spatial split against AIMET's where ``aimet_torch`` is importable (skipped o
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import nn
 
-METHODS = ("structured", "prune_l1", "svd_weight", "svd_spatial")
-TOLERANCE = 0.02  # relative: |achieved / target - 1| <= 2 %
+from ._common import METHODS, TOLERANCE, check_method, check_ratio, scope
 
 __all__ = ["METHODS", "TOLERANCE", "compress", "check_method", "check_ratio", "scope"]
-
-
-def check_method(method: Any) -> str:
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"compress: method={method!r} is not a compression method; allowed: {', '.join(METHODS)}")
-    return method
-
-
-def check_ratio(mults_ratio: Any, method: str = "") -> float:
-    ok = isinstance(mults_ratio, (int, float)) and not isinstance(mults_ratio, bool) and math.isfinite(mults_ratio)
-    if not ok or not 0 < mults_ratio <= 1:
-        raise ValueError(f"compress({method}): mults_ratio={mults_ratio!r} must be a number in (0, 1] "
-                         f"(the compressed model's multiplications over the given model's)")
-    return float(mults_ratio)
-
-
-def scope(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(qualified name, block) of every residual block whose 3x3 convs are compressed: the
-    BasicBlocks of the CIFAR ResNets. ValueError when there are none or one is not a plain 3x3
-    conv (e.g. an already structured model)."""
-    from src.models.cifar_resnet import BasicBlock
-    from src.structured import StructuredLayer
-
-    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, BasicBlock)]
-    if not blocks:
-        raise ValueError(f"compress: {type(model).__name__} has no residual block (BasicBlock of "
-                         f"src/models/cifar_resnet.py); compress() covers the CIFAR ResNets "
-                         f"(resnet20, resnet32, resnet44, resnet56, resnet110)")
-    for name, block in blocks:
-        for conv_name in ("conv1", "conv2"):
-            conv = getattr(block, conv_name)
-            if type(conv) is not nn.Conv2d or isinstance(conv, StructuredLayer) or conv.kernel_size != (3, 3) \
-                    or conv.groups != 1:
-                raise ValueError(f"compress: {name}.{conv_name} is a {type(conv).__name__} "
-                                 f"(kernel {getattr(conv, 'kernel_size', '?')}); compress() expects the dense "
-                                 f"model's plain 3x3 convs (not an already structured or compressed model)")
-    return blocks
 
 
 def compress(model: nn.Module, method: str, mults_ratio: float, input_size: Sequence[int]) -> nn.Module:

@@ -52,6 +52,12 @@ class Solution:
     def option(self, unit: Unit) -> Any:
         return unit.options[self.choice[unit.name]]
 
+    def info(self, layers: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """What a method returns to src.compress.compress besides the model: the knob, the
+        mults, per unit what was chosen (`layers`), and `extra`."""
+        return {"knob": {"name": "layer_mults_fraction", "value": self.knob}, "mults": self.mults,
+                "layers": layers, **extra}
+
 
 def solve(units: Sequence[Unit], reference: int, ratio: float, method: str, tolerance: float) -> Solution:
     """The point of the path nearest ``ratio * reference`` mults; ValueError if it is more than

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._common import TOLERANCE, scope
 from ._solve import Unit, conv_shapes, one_thread, solve
 
 __all__ = ["l1_order", "prune_filters", "compress_prune_l1"]
@@ -64,8 +65,6 @@ def prune_filters(model: nn.Module, keep: dict[str, int], input_size: Sequence[i
 def compress_prune_l1(model: nn.Module, ratio: float, input_size: Sequence[int], reference: int):
     """`model` (a copy, changed in place) pruned to the solved widths; (model, info) for
     src.compress.compress."""
-    from . import TOLERANCE, scope
-
     blocks = [name for name, _ in scope(model)]
     shapes = conv_shapes(model, input_size, [f"{b}.{c}" for b in blocks for c in ("conv1", "conv2")])
     units = []
@@ -80,5 +79,4 @@ def compress_prune_l1(model: nn.Module, ratio: float, input_size: Sequence[int],
     sol = solve(units, reference, ratio, "prune_l1", TOLERANCE)
     keep = {u.name: sol.option(u) for u in units}
     prune_filters(model, keep, input_size)
-    return model, {"knob": {"name": "layer_mults_fraction", "value": sol.knob}, "mults": sol.mults,
-                   "layers": {f"{u.name}.conv1": {"filters": keep[u.name], "of": u.options[-1]} for u in units}}
+    return model, sol.info({f"{u.name}.conv1": {"filters": keep[u.name], "of": u.options[-1]} for u in units})

@@ -15,7 +15,8 @@ from typing import Sequence
 
 from torch import nn
 
-from ._solve import Unit, conv_shapes, solve
+from ._common import TOLERANCE, scope_convs
+from ._solve import Unit, solve
 
 __all__ = ["ladder", "compress_structured"]
 
@@ -34,14 +35,8 @@ def compress_structured(model: nn.Module, ratio: float, input_size: Sequence[int
     (model, info) for src.compress.compress."""
     from src.structured import structurize
 
-    from . import TOLERANCE, scope
-
-    names = [f"{b}.{c}" for b, _ in scope(model) for c in ("conv1", "conv2")]
-    shapes = conv_shapes(model, input_size, names)
     units = []
-    for name in names:
-        conv = model.get_submodule(name)
-        o, ho, wo = shapes[name][1]
+    for name, conv, _, (o, ho, wo) in scope_convs(model, input_size):
         rungs = ladder(conv.in_channels, conv.kernel_size[0])
         units.append(Unit(name, [o * ho * wo * c * n * n for c, n in rungs], rungs))
     sol = solve(units, reference, ratio, "structured", TOLERANCE)
@@ -55,5 +50,4 @@ def compress_structured(model: nn.Module, ratio: float, input_size: Sequence[int
              "exclude": []}
     if rules["rules"]:
         structurize(model, rules)
-    return model, {"knob": {"name": "layer_mults_fraction", "value": sol.knob}, "mults": sol.mults,
-                   "layers": {n: {"c": c, "n": k} for n, (c, k) in chosen.items()}, "rules": rules}
+    return model, sol.info({n: {"c": c, "n": k} for n, (c, k) in chosen.items()}, rules=rules)

@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ._solve import Unit, conv_shapes, one_thread, solve
+from ._common import TOLERANCE, scope_convs
+from ._solve import Unit, one_thread, solve
 
 __all__ = ["KINDS", "full_rank", "rank_cost", "svd_split", "apply_ranks", "compress_svd"]
 
@@ -108,20 +109,14 @@ def apply_ranks(model: nn.Module, kind: str, ranks: Mapping[str, int | None]) ->
 def compress_svd(model: nn.Module, kind: str, ratio: float, input_size: Sequence[int], reference: int):
     """`model` (a copy, changed in place) with its in-scope convs factorized at the solved ranks;
     (model, info) for src.compress.compress."""
-    from . import TOLERANCE, scope
-
-    names = [f"{b}.{c}" for b, _ in scope(model) for c in ("conv1", "conv2")]
-    shapes = conv_shapes(model, input_size, names)
     units = []
-    for name in names:
-        conv = model.get_submodule(name)
-        (_, ho, wo) = shapes[name][1]
+    for name, conv, shape_in, shape_out in scope_convs(model, input_size):
+        _, ho, wo = shape_out
         dense = conv.out_channels * ho * wo * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        unit = rank_cost(conv, kind, *shapes[name])
+        unit = rank_cost(conv, kind, shape_in, shape_out)
         ranks = [r for r in range(1, full_rank(conv, kind) + 1) if r * unit < dense]
         units.append(Unit(name, [r * unit for r in ranks] + [dense], ranks + [None]))
     sol = solve(units, reference, ratio, f"svd_{kind}", TOLERANCE)
     chosen = {u.name: sol.option(u) for u in units}
     apply_ranks(model, kind, chosen)
-    return model, {"knob": {"name": "layer_mults_fraction", "value": sol.knob}, "mults": sol.mults,
-                   "layers": {n: ("dense" if r is None else {"rank": r}) for n, r in chosen.items()}}
+    return model, sol.info({n: ("dense" if r is None else {"rank": r}) for n, r in chosen.items()})
