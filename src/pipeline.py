@@ -9,9 +9,9 @@ Stages, each a function here:
 2. :func:`fit`: train with task loss + lambda * structural loss (or, ``structure.route=direct``,
    the decomposed architecture from scratch), checkpointing every epoch and resuming
    ``<run dir>/checkpoints/last.ckpt``; a new run's ``config.yaml`` / ``overrides.yaml``;
-3. :func:`compress`: adopt the EMA weights (``optim.ema_decay``); evaluate the trained model;
-   project every structured layer; evaluate; recalibrate BatchNorm on training batches
-   (``structure.bn_recalib``); evaluate; decompose; evaluate;
+3. :func:`project_and_decompose`: adopt the EMA weights (``optim.ema_decay``); evaluate the
+   trained model; project every structured layer; evaluate; recalibrate BatchNorm on training
+   batches (``structure.bn_recalib``); evaluate; decompose; evaluate;
    then :func:`evaluate_final`: the final model on the official test set (when the primary set is a
    held-out part of the training set) and on corrupted copies of the primary set (``eval.*``);
 4. :func:`save_deploy_file`: ``deploy.pt``, the decomposed model with its preprocessing;
@@ -46,9 +46,9 @@ from src.models.registry import ModelEntry
 from src.provenance import code_fingerprint, git_sha
 from src.structured import complexity, decompose, project, structural_residuals, structured_layers
 
-__all__ = ["SUMMARY", "CONFIG", "HISTORY", "LOG", "DEPLOY", "Timer", "Job", "Compressed", "build_datamodule",
-           "build_model", "build_optim_cfg", "build_trainer", "evaluate", "setup", "fit", "compress", "accuracy", "evaluate_final",
-           "save_deploy_file", "summarize", "report", "execute"]
+__all__ = ["SUMMARY", "CONFIG", "HISTORY", "LOG", "DEPLOY", "Timer", "Job", "StageMetrics", "build_datamodule",
+           "build_model", "build_optim_cfg", "build_trainer", "evaluate", "setup", "fit", "project_and_decompose", "accuracy",
+           "evaluate_final", "save_deploy_file", "summarize", "report", "execute"]
 
 # One logger for the whole run: train.log's lines keep the name they always had.
 log = logging.getLogger("src.train")
@@ -237,9 +237,9 @@ def fit(job: Job) -> None:
 
 
 @dataclass
-class Compressed:
-    """What compress() measured: per-stage test metrics, the trained model's structural residuals
-    and cost, whether it has structured layers."""
+class StageMetrics:
+    """What project_and_decompose() measured: per-stage test metrics, the trained model's
+    structural residuals and cost, whether it has structured layers."""
 
     results: dict[str, dict[str, float]] = field(default_factory=dict)
     residuals: dict[str, float] = field(default_factory=dict)
@@ -247,14 +247,14 @@ class Compressed:
     has_structure: bool = False
 
 
-def compress(job: Job) -> Compressed:
+def project_and_decompose(job: Job) -> StageMetrics:
     """Stage 3: evaluate the trained model, project, recalibrate BatchNorm, decompose, evaluating
     after each step; `job.module.model` is the decomposed model afterwards."""
     cfg, trainer, module, datamodule = job.cfg, job.trainer, job.module, job.datamodule
     if module.adopt_ema():
         log.info("using the EMA weights (optim.ema_decay=%s) as the trained model", cfg.optim.get("ema_decay"))
-    out = Compressed(residuals=structural_residuals(module.model), cost=complexity(module.model, job.input_size),
-                     has_structure=any(True for _ in structured_layers(module.model)))
+    out = StageMetrics(residuals=structural_residuals(module.model), cost=complexity(module.model, job.input_size),
+                       has_structure=any(True for _ in structured_layers(module.model)))
     out.results["dense"] = evaluate(trainer, module, datamodule, "test_dense")
     if out.has_structure:
         project(module.model)
@@ -353,7 +353,7 @@ def _pct(metrics: dict[str, float], key: str) -> float | None:
     return round(100 * metrics[key], 4) if key in metrics else None
 
 
-def summarize(job: Job, c: Compressed, t_start: float, final: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(job: Job, c: StageMetrics, t_start: float, final: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 5: the run's summary (src/summary.py gives every key's meaning and the order)."""
     cfg, trainer, metric = job.cfg, job.trainer, job.metric
     ident = runs.identity(cfg)
@@ -444,8 +444,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str], t_start: float
     job = setup(cfg, run_dir, overrides)
     try:
         fit(job)
-        compressed = compress(job)
-        summary = summarize(job, compressed, t_start, evaluate_final(job))
+        measured = project_and_decompose(job)
+        summary = summarize(job, measured, t_start, evaluate_final(job))
     finally:
         _close_loggers(job.trainer)
     if job.trainer.is_global_zero:
