@@ -172,6 +172,30 @@ def test_classify_a_uint8_image_end_to_end(tmp_path):
                        expected_x)
 
 
+def test_classify_topk_predict_take_numpy_batches(tmp_path):
+    """One result per image from a numpy batch: (N, H, W, C) uint8, the layout of the CIFAR arrays,
+    and (N, C, H, W) float on the 0-1 scale; any other array is refused naming its shape."""
+    model = decompose(project(trained_like(NAME)))
+    net = load_deploy(save(tmp_path / "deploy.pt", model))
+    nhwc = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    one_by_one = [net.classify(image)[0] for image in nhwc]  # each (H, W, C) image alone
+    assert net.classify(nhwc) == one_by_one
+    assert net.predict(nhwc).shape == (5,)
+    top = net.topk(nhwc, k=2)
+    assert len(top) == 5 and [t[0][0] for t in top] == one_by_one
+    x = net.preprocess(nhwc)
+    assert x.shape == (5, 3, 32, 32) and torch.equal(x[1], net.preprocess(nhwc[1])[0])
+    nchw = nhwc.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    assert torch.allclose(net.preprocess(nchw), x, atol=1e-6)
+    assert net.classify(nchw) == one_by_one
+    assert net.classify(nchw.astype(np.float64)) == one_by_one
+    assert net.predict(nhwc[:, :, :, :1]).shape == (5,)  # grey images: expanded to RGB
+    for bad in (nhwc.transpose(0, 3, 1, 2), nchw.transpose(0, 2, 3, 1), nhwc[None], nhwc.astype(np.int64)):
+        with pytest.raises(ValueError, match=rf"numpy array of shape \({bad.shape[0]}, .*allowed: .*"
+                                             r"\(N, H, W, C\) uint8 or \(N, C, H, W\) float"):
+            net.classify(bad)
+
+
 def test_imagenet_resize_and_centre_crop():
     meta = {"model": "resnet50", "num_classes": 4, "input_size": [3, 224, 224], "mean": [0.5] * 3,
             "std": [0.25] * 3, "crop_pct": 0.875, "class_names": None}

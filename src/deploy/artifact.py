@@ -23,11 +23,12 @@ reads it)::
      "state_dict": {...}}                 # the decomposed model's state_dict
 
 Preprocessing (``DeployedModel.preprocess``) turns a PIL image, an image file, a uint8 tensor
-(C, H, W) / (N, C, H, W) or uint8 array (H, W, C) into the network input: with ``crop_pct < 1``
+(C, H, W) / (N, C, H, W), a uint8 array (H, W, C) / (N, H, W, C) (the CIFAR arrays' layout) or a
+float array (N, C, H, W) into the network input: with ``crop_pct < 1``
 the shorter side is resized to ``H / crop_pct`` and the centre (H, W) cropped (ImageNet's
 Resize(256) + CenterCrop(224)); with ``crop_pct == 1`` the image is resized to (H, W) unless it
 already has that size (CIFAR at 32 x 32, Cityscapes at full resolution); then pixels are scaled
-to 0-1 and normalised with mean/std. Float tensors are taken as already on the 0-1 scale.
+to 0-1 and normalised with mean/std. Float tensors and arrays are taken as already on the 0-1 scale.
 
 The older format that ``src.train`` wrote first, ``{"model", "route", "num_classes",
 "state_dict"}``, still loads; it records no preprocessing, so a warning says that the registry's
@@ -398,11 +399,31 @@ class DeployedModel:
             image = TF.pil_to_tensor(image)
         return image
 
+    def _array_batch(self, arr: Any) -> list:
+        """The images of a numpy array: one (H, W) / (H, W, C) image, a batch (N, H, W, C) uint8
+        (the layout of the CIFAR arrays and most numpy data sets) or (N, C, H, W) float (0-1)."""
+        import numpy as np
+
+        if arr.ndim in (2, 3):
+            return [arr]
+        c = self.input_size[0]
+        channels = {c, 1, 4} if c == 3 else {c, 1}  # (grey images are expanded, RGBA loses alpha)
+        if arr.ndim == 4 and arr.dtype == np.uint8 and arr.shape[3] in channels:
+            return list(arr)
+        if arr.ndim == 4 and arr.dtype.kind == "f" and arr.shape[1] in channels:
+            return list(torch.from_numpy(np.ascontiguousarray(arr)))
+        raise ValueError(f"preprocess: cannot read a numpy array of shape {arr.shape} and dtype {arr.dtype} as images; "
+                         f"allowed: one image (H, W) or (H, W, C), or a batch (N, H, W, C) uint8 or (N, C, H, W) "
+                         f"float on the 0-1 scale, with C = {c} (or {', '.join(map(str, sorted(channels - {c})))})")
+
     def preprocess(self, images: Any) -> torch.Tensor:
         """Network input (N, C, H, W) on the model's device from one image or a sequence of them
-        (PIL images, file paths, uint8 (C, H, W) tensors / (H, W, C) arrays, or one uint8
-        (N, C, H, W) tensor); float tensors are taken as 0-1 pixel values."""
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
+        (PIL images, file paths, uint8 (C, H, W) tensors / (H, W, C) arrays, one uint8
+        (N, C, H, W) tensor, or one numpy batch: (N, H, W, C) uint8 or (N, C, H, W) float); float
+        tensors and arrays are taken as 0-1 pixel values."""
+        if type(images).__module__ == "numpy" and hasattr(images, "ndim"):
+            images = self._array_batch(images)
+        elif isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
         elif isinstance(images, (str, Path, torch.Tensor)) or not isinstance(images, (list, tuple)):
             images = [images]
@@ -423,7 +444,8 @@ class DeployedModel:
         return self(self.preprocess(images))
 
     def predict(self, images: Any) -> torch.Tensor:
-        """Class indices: (N,) for classification, (N, H, W) per pixel for segmentation."""
+        """Class indices: (N,) for classification, (N, H, W) per pixel for segmentation; `images`
+        as :meth:`preprocess` takes them (one image, a list, or a batch tensor / numpy array)."""
         return self.logits(images).argmax(1)
 
     def _names(self, idx: Iterable[int]) -> list[str]:
