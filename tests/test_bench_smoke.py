@@ -7,8 +7,9 @@ from src import provenance
 from src.bench import core, measure, models
 
 
-@pytest.mark.slow
-def test_core_benchmark_quick_run(tmp_path, capsys, monkeypatch):
+def _core_quick_report(tmp_path, capsys, monkeypatch) -> str:
+    """``python -m src.bench.core --quick`` into a file, at a fixed commit; its text, checked for
+    what every core report holds."""
     monkeypatch.setattr(provenance, "git_sha", lambda: "0123abc")  # (other commits may land meanwhile)
     out = tmp_path / "bench.md"
     core.main(["--quick", "--threads", "1", "--malloc", "default", "--out", str(out)])
@@ -16,6 +17,12 @@ def test_core_benchmark_quick_run(tmp_path, capsys, monkeypatch):
     assert "| 16 | 32x32 |" in text and "structural_loss overhead" in text
     assert "code at git `0123abc`" in text
     assert "time ratio" in capsys.readouterr().out
+    return text
+
+
+@pytest.mark.slow
+def test_core_benchmark_quick_run(tmp_path, capsys, monkeypatch):
+    _core_quick_report(tmp_path, capsys, monkeypatch)
 
 
 class _TimingStarted(Exception):
@@ -66,18 +73,12 @@ def test_benchmarks_write_anywhere_else_from_a_dirty_tree(dirty_tree, tmp_path):
 def test_core_report_layout_from_recorded_measurements(tmp_path, capsys, monkeypatch):
     """core.main end to end with its measurements replaced by recorded data (the layout
     test_core_benchmark_quick_run checks, without timing)."""
-    monkeypatch.setattr(provenance, "git_sha", lambda: "0123abc")
     monkeypatch.setattr(core, "measure_layers", lambda reps, layers: [
         core.LayerRow(C, hw, b, c, f, 1e-3, 0.6e-3, 0.3) for C, hw, b in layers for c in (C, C // 2)
         for f in ("NCHW", "channels_last")])
     monkeypatch.setattr(core, "measure_loss_overhead",
                         lambda batch, reps: core.LossOverhead(batch, 27, 0.1, 0.104, 0.002))
-    out = tmp_path / "bench.md"
-    core.main(["--quick", "--threads", "1", "--malloc", "default", "--out", str(out)])
-    text = out.read_text()
-    assert "| 16 | 32x32 |" in text and "structural_loss overhead" in text
-    assert "code at git `0123abc`" in text
-    assert "time ratio" in capsys.readouterr().out
+    text = _core_quick_report(tmp_path, capsys, monkeypatch)
     assert text.startswith("## Core benchmark\n\nMachine: ")
     assert "Command: `python -m src.bench.core --quick --threads 1 --malloc default --out " in text
     assert "| 16 | 32x32 | 32 | 8 | NCHW | 1.000 | 0.600 | 0.60 | 0.30 |" in text
