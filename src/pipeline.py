@@ -129,7 +129,9 @@ def build_optim_cfg(cfg: DictConfig, global_batch: int) -> dict:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
-    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from src.lit.progress import LabelledRichProgressBar, LabelledTQDMProgressBar, StageLog
 
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     bar = tcfg.pop("progress_bar", "rich")
@@ -137,11 +139,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
     # the history (checkpoint callbacks run last), so a checkpoint always holds its full history.
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_last=True, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
-    callbacks = [ckpt, *callbacks]
-    if bar == "rich":
-        callbacks.append(RichProgressBar())
+    callbacks = [ckpt, *callbacks, StageLog()]  # StageLog: each stage and its figures in train.log
+    if bar == "rich":  # the test bars say what they evaluate (trained / projected / decomposed)
+        callbacks.append(LabelledRichProgressBar())
     elif bar == "simple":
-        callbacks.append(TQDMProgressBar(refresh_rate=50))
+        callbacks.append(LabelledTQDMProgressBar(refresh_rate=50))
     loggers = []  # the per-epoch CSV history is written by the module (metrics.csv)
     if cfg.logger.wandb:
         from pytorch_lightning.loggers import WandbLogger

@@ -67,6 +67,11 @@ def _attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
+def _file_only(handler: logging.Handler, msg: str, *args) -> None:
+    """A line for train.log alone (what the console has seen already)."""
+    handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, msg, args, None))
+
+
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """Check everything that could refuse this command, writing nothing: values, run identity,
     finished / existing runs. Returns the finished run's summary when there is nothing to do."""
@@ -132,10 +137,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return finished
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log_file(run_dir / LOG)
+    if log.getEffectiveLevel() > logging.INFO:  # (composed without Hydra's logging setup, e.g. in a test)
+        log.setLevel(logging.INFO)
     try:
-        from src import pipeline
+        log.info("run %s: %s on %s, seed %s, %s epochs; overrides: %s", run_dir, cfg.model.name, cfg.data.name,
+                 cfg.seed, cfg.trainer.max_epochs, " ".join(_overrides()) or "none")
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
-        return pipeline.execute(cfg, run_dir, _overrides(), t_start)
+        from src import pipeline
+        from src.lit.progress import quiet_lightning
+
+        quiet_lightning()
+        with logging_redirect_tqdm([logging.getLogger()]):  # log lines on the console above the progress bars
+            summary = pipeline.execute(cfg, run_dir, _overrides(), t_start)
+        _file_only(handler, "%s", pipeline.report(summary, run_dir))  # (printed by execute)
+        extra = {k: v for k, v in summary.items() if k.startswith(("official_test_acc", "robust_acc_")) and v is not None}
+        if extra:
+            _file_only(handler, "final model, further evaluations: %s", ", ".join(f"{k} {v}" for k, v in extra.items()))
+        return summary
     except BaseException as e:  # the error and its traceback go into train.log, whatever main prints
         handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "run failed: %s: %s",
                                       (type(e).__name__, e), sys.exc_info()))

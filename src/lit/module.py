@@ -4,6 +4,7 @@ classification and segmentation. The model itself is plain PyTorch (src/models).
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,7 +22,14 @@ from .optim import (build_optimizer, build_scheduler, fast_forward, is_legacy_sc
                     migrate_legacy_optimizer_state)
 
 __all__ = ["StructuredModule", "ClassificationModule", "SegmentationModule", "lambda_at", "write_history",
-           "read_history", "EMA_KEY"]
+           "read_history", "epoch_figures", "EMA_KEY"]
+
+log = logging.getLogger("src.train")  # the run's train.log (src/train.py) keeps its lines
+
+# the figures of an epoch's history row logged as the epoch ends: (key, name, format; "%": a fraction in percent)
+EPOCH_FIGURES = (("train/loss_epoch", "train loss", "{:.4f}"), ("train/acc", "train acc", "%"), ("val/acc", "val acc", "%"),
+                 ("val/miou", "val mIoU", "%"), ("residual/mean", "residual mean", "{:.2e}"), ("lr", "lr", "{:.4g}"),
+                 ("epoch_time_s", "time", "{:.0f} s"))
 
 EMA_KEY = "ema_state_dict"  # checkpoint key of the EMA weights (LightningModule names, "ema.module.*")
 EMA_PREFIX = "ema."
@@ -54,6 +62,12 @@ def read_history(path: Path) -> list[dict[str, float]]:
                     row[k] = int(row[k])
             rows.append(row)
     return rows
+
+
+def epoch_figures(row: dict[str, float]) -> str:
+    """The figures of one history row (:data:`EPOCH_FIGURES` that it has), for the log."""
+    return ", ".join(f"{name} {100 * row[key]:.2f} %" if fmt == "%" else f"{name} {fmt.format(row[key])}"
+                     for key, name, fmt in EPOCH_FIGURES if key in row)
 
 
 def lambda_at(lam: float, ramp_epochs: float, epoch_progress: float) -> float:
@@ -156,6 +170,8 @@ class StructuredModule(pl.LightningModule):
         self.history = [r for r in self.history if r["epoch"] < self.current_epoch] + [row]
         if self.history_path is not None and self.trainer.is_global_zero:
             write_history(self.history, self.history_path)
+        if self.trainer.is_global_zero:
+            log.info("epoch %d/%d: %s", self.current_epoch + 1, self.trainer.max_epochs, epoch_figures(row))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = [dict(r) for r in self.history]
