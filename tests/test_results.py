@@ -30,6 +30,27 @@ def test_committed_tables_regenerate_identically(profile, tmp_path):
         assert path.read_bytes() == committed.read_bytes(), f"{committed} differs from what its logs give"
 
 
+def test_the_long_profile_is_checked_with_its_gap_against_length():
+    """results/long (once its runs are committed) is one of the profiles regenerated above, and its
+    table holds the claims per length and the gap against training length (src/tables/length.py)."""
+    if not (ROOT / "results" / "long" / "runs").is_dir():
+        pytest.skip("results/long/runs not committed yet")
+    assert "long" in PROFILES
+    md = (ROOT / "results" / "long" / "cifar10.md").read_text()
+    assert "## Gap against training length" in md and (ROOT / "results" / "long" / "cifar10_gap_vs_epochs.png").exists()
+
+
+def test_readme_results_summary_is_what_the_generator_writes():
+    """The README's results summary is generated from the committed tables (src/tables/readme.py)."""
+    from src.tables import readme
+
+    block = readme.block_in(ROOT / "README.md")
+    if block is None:
+        pytest.skip("README.md has no results-summary markers")
+    assert block == readme.summary_block(), ("README.md's results summary is not current: run "
+                                            "python -m src.tables --summary README.md")
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_committed_runs_come_from_clean_commits_and_hold_every_epoch(profile):
     for summary in sorted((ROOT / "results" / profile / "runs").rglob("summary.json")):

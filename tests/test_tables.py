@@ -326,3 +326,165 @@ def test_verdicts_name_the_dense_model_ties_and_points_they_cannot_compare():
             "| the dense model (as fast or faster, more accurate) |") in text
     no_dense = "\n".join(tables._verdict(rows, {}, [], {}))
     assert "## Verdict at equal multiplications" in no_dense and "latency" not in no_dense
+
+
+# ----------------------------------------------------------------------------- claims as data
+def test_claims_are_data_and_no_model_is_named_in_the_report_code():
+    """The claims, their models and the compared models live in src/tables/claims.yaml; no
+    registered model name appears in the package's code."""
+    from src.models import list_models
+
+    assert [c.label for c in tables.GAP_CLAIMS] == ["a", "b", "e"]
+    assert tables.CLAIMS["decomposition"]["tolerance"] == 0.1 and tables.CLAIMS["direct_route"]["label"] == "d"
+    names = set(list_models())
+    for path in sorted((ROOT / "src" / "tables").glob("*.py")):
+        text = path.read_text()
+        named = sorted(n for n in names if f'"{n}"' in text or f"'{n}'" in text)
+        assert not named, f"{path.name} names models in code: {named} (put them in claims.yaml)"
+
+
+# ----------------------------------------------------------------------------- gap against training length
+TEMPLATES = ROOT / "results" / "medium" / "runs"  # committed summaries: the schema's keys with real values
+
+
+def _fake_run(root, model: str, seed: int, epochs: int, acc: float, train_acc: float, *, profile: str = "long",
+              eval_set: str = "train[45000:50000]", train_subset: int = 45000, tag: str | None = None):
+    """A finished run's folder (summary.json after src/summary.py's schema, metrics.csv with one row per
+    epoch) with the given final primary-set accuracy and final-epoch train/acc (in %)."""
+    from src import summary
+
+    s = summary.load(TEMPLATES / model / "seed0" / "summary.json")
+    tag = f"_ep{epochs}" if tag is None else tag
+    cfg = f"{model}|{profile}|{epochs}|{eval_set}"
+    s.update(seed=seed, epochs=epochs, max_epochs=epochs, tag=tag, profile=profile, config_hash=cfg,
+             run_hash=f"{cfg}|{seed}", eval_set=eval_set, train_subset=train_subset, git_sha="f" * 40,
+             **{f"test_acc_{st}": acc for st in summary.STAGES})
+    run = root / f"{model}{tag}" / f"seed{seed}"
+    run.mkdir(parents=True)
+    summary.write(run / "summary.json", s)
+    rows = ["epoch,train/acc,val/acc"] + [f"{e},{(train_acc if e == epochs - 1 else 10.0) / 100},{acc / 100}"
+                                          for e in range(epochs)]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def _gaps(root, lengths: dict[int, dict[int, tuple[float, float]]], structured: str = "struct_resnet20_a", **kw):
+    """Pairs per length: {epochs: {seed: (gap, train-acc gap)}} (dense at 90 + seed)."""
+    for epochs, seeds in lengths.items():
+        for seed, (gap, tgap) in seeds.items():
+            if not (root / f"resnet20{kw.get('tag', f'_ep{epochs}')}" / f"seed{seed}").exists():  # shared by A and B
+                _fake_run(root, "resnet20", seed, epochs, 90.0 + seed, 95.0, **kw)
+            _fake_run(root, structured, seed, epochs, 90.0 + seed + gap, 95.0 + tgap, **kw)
+
+
+def test_fit_recovers_a_known_gap_curve():
+    from src.tables import length
+
+    g_inf, b = -0.5, -20.0
+    points = [(e, g_inf + b / e) for e in (15, 30, 60) for _ in range(3)]
+    assert length.fit(points) == pytest.approx((g_inf, b), abs=1e-9)
+    with pytest.raises(ValueError, match="two lengths"):
+        length.fit([(15, -1.0), (15, -2.0)])
+    boot = length.bootstrap({15: [-1.0, -2.0, -3.0], 60: [-0.5, -0.7]}, 200, 0)
+    assert boot == length.bootstrap({15: [-1.0, -2.0, -3.0], 60: [-0.5, -0.7]}, 200, 0)  # fixed RNG seed
+    assert len({round(g, 9) for g, _ in boot}) > 10
+
+
+def test_gap_against_training_length_from_synthetic_runs(tmp_path):
+    """Noiseless gaps g_inf + b / E at 15 / 30 / 60 epochs (on the primary split; medium's 15 in a
+    sibling folder) and an 8-epoch pair on another split: the section lists each length's per-seed
+    gaps and the train-accuracy gap, fits g_inf and b exactly (bootstrap spread 0), extrapolates to
+    200 epochs as such, keeps the other split out of the fit, and the long table's claims are
+    measured per length. The folders come from claims.yaml's convention (results/long reads
+    results/medium/runs and results/medium/gap/runs); output is byte-identical when made twice."""
+    g_inf, b = -0.5, -20.0
+
+    def gap(e):
+        return g_inf + b / e
+
+    results = tmp_path / "results"
+    _gaps(results / "long" / "runs", {30: {s: (gap(30), -1.0) for s in (0, 1, 2)},
+                                      60: {s: (gap(60), -0.5) for s in (0, 1)}})
+    _gaps(results / "long" / "runs", {30: {0: (-3.0, -3.5)}, 60: {0: (-2.0, -3.0)}}, structured="struct_resnet20_b")
+    _gaps(results / "medium" / "runs", {15: {s: (gap(15), -2.0) for s in (0, 1, 2)}}, profile="medium", tag="")
+    _gaps(results / "medium" / "gap" / "runs", {8: {0: (-5.0, -2.5)}}, profile="medium_gap",
+          eval_set="train[40000:45000]", train_subset=40000)
+    written = tables.write_tables(results / "long" / "runs", tmp_path / "a")
+    assert sorted(p.name for p in written) == ["cifar10.md", "cifar10_acc_vs_macs.png", "cifar10_gap_vs_epochs.png",
+                                               "cifar10_training.png"]
+    md = (tmp_path / "a" / "cifar10.md").read_text()
+    claims = md.split("## Claims")[1].split("\n## ")[0]
+    for e in (30, 60):
+        for c in ("a", "b", "c"):
+            assert f"| ({c}) (long, {e} epochs, train 45000, eval train[45000:50000]) |" in claims, (c, e)
+    section = md.split("## Gap against training length")[1].split("\n## ")[0]
+    assert "Runs from: `" in section and "medium/gap/runs`" in section
+    assert (f"| (a) struct_resnet20_a - resnet20 | 30 | primary | long | 3 | s0 {gap(30):+.2f}, s1 {gap(30):+.2f}, "
+            f"s2 {gap(30):+.2f} | {gap(30):+.2f} +- 0.00 | s0 -1.00, s1 -1.00, s2 -1.00 | -1.00 +- 0.00 |") in section
+    assert "| (a) struct_resnet20_a - resnet20 | 15 | primary | medium | 3 |" in section
+    assert ("| (a) struct_resnet20_a - resnet20 | 8 | `train[40000:45000]` (other split, not in the fit) "
+            "| medium_gap | 1 | s0 -5.00 | -5.00 | s0 -2.50 | -2.50 |") in section
+    assert "trained on 40,000 images" in section
+    # the fit over 15 / 30 / 60 only (the 8-epoch pair would pull it): exact, no bootstrap spread
+    assert (f"| (a) | 15, 30, 60 | 8 | {g_inf:+.2f} +- 0.00 [{g_inf:+.2f}, {g_inf:+.2f}] | {b:+.1f} +- 0.0 "
+            f"| {gap(200):+.2f} +- 0.00 [{gap(200):+.2f}, {gap(200):+.2f}] |") in section
+    assert "| (b) | 30, 60 | 2 |" in section  # one seed per length: fitted, the bootstrap flat
+    assert "understates the uncertainty: (b) at 30 epochs, (b) at 60 epochs" in section
+    assert "**extrapolation**" in section and "gap at 200 epochs (extrapolation)" in section
+    assert "Plots: `cifar10_acc_vs_macs.png`, `cifar10_training.png`, `cifar10_gap_vs_epochs.png`." in md
+    from src.tables import length
+
+    st = length.study("cifar10", tables.load_runs(results / "long" / "runs"),
+                      length.default_folders(results / "long" / "runs"), results / "long" / "runs")
+    assert (st.fits["a"].g_inf, st.fits["a"].b) == pytest.approx((g_inf, b), abs=1e-9)
+    # made twice: the same bytes, the plot included
+    again = tables.write_tables(results / "long" / "runs", tmp_path / "b")
+    for p, q in zip(written, again):
+        assert p.read_bytes() == q.read_bytes(), p.name
+    # with one length on the primary split (no long runs finished yet): said, not fitted
+    only = tables.write_tables(results / "medium" / "runs", tmp_path / "c",
+                               length_runs=[results / "medium" / "gap" / "runs", tmp_path / "missing"])
+    md = only[0].read_text()
+    assert "| (a) | 15 | 3 | not enough lengths to fit (primary split: 15 epochs only) | - | - |" in md
+    assert "| (b) | - | 0 | not enough lengths to fit (no pair on the primary split) | - | - |" in md
+    assert "missing` not found" in md
+    # other folders: no section unless asked for
+    assert "## Gap against training length" not in tables.write_tables(results / "medium" / "runs",
+                                                                       tmp_path / "d")[0].read_text()
+    # the README summary reads the long table: per claim, one line per length, then the fit
+    from src.tables import readme
+
+    (tmp_path / "res" / "long").mkdir(parents=True)
+    shutil.copy(tmp_path / "a" / "cifar10.md", tmp_path / "res" / "long" / "cifar10.md")
+    block = readme.summary_block(tmp_path / "res").splitlines()
+    a_rows = [line for line in block if line.startswith("| (a)")]
+    assert [r.split(" | ")[2] for r in a_rows[:2]] == ["[long](results/long/cifar10.md), 30 epochs",
+                                                       "[long](results/long/cifar10.md), 60 epochs"]
+    assert a_rows[0].endswith(f"| {gap(30):+.2f} +- 0.00 (3 seeds) | [long](results/long/cifar10.md), 30 epochs "
+                              "| not shown at 30 epochs (more than 1 point behind) |")
+    assert a_rows[1].endswith("| holds at 60 epochs |")
+    assert "gap against training length, fit g_inf + b / E" in a_rows[2] and f"g_inf {g_inf:+.2f} +- 0.00" in a_rows[2]
+    assert "extrapolation beyond the longest run, not a measurement" in a_rows[2]
+
+
+def test_readme_summary_is_written_between_its_markers(tmp_path, capsys):
+    """`python -m src.tables --summary FILE` replaces what lies between the markers (and nothing
+    else) with the summary of the committed tables; a file without the markers is an error."""
+    from src.tables import readme
+
+    page = tmp_path / "README.md"
+    page.write_text(f"# title\n\nbefore\n{readme.START}\nstale line\n{readme.END}\nafter\n")
+    tables.main(["--summary", str(page)])
+    text = page.read_text()
+    block = readme.summary_block()
+    assert text == f"# title\n\nbefore\n{readme.START}\n{block}{readme.END}\nafter\n"
+    assert readme.block_in(page) == block
+    tables.main(["--summary", str(page)])
+    assert page.read_text() == text  # idempotent
+    lines = block.splitlines()
+    assert lines[0] == "| claim | evidence | profile | outcome |"
+    first = next(line for line in lines if line.startswith("| (a)"))
+    assert "[medium](results/medium/cifar10.md), 15 epochs" in first
+    assert any("equal multiplications" in line for line in lines)
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no '<!-- results-summary:start -->'"):
+        tables.main(["--summary", str(tmp_path / "plain.md")])

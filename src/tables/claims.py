@@ -11,10 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from src.models import get_entry
-
 from .fmt import _paired, _r2, _seeds, _signed
-from .load import _recipe
+from .load import _recipe, get_entry
 
 DATA_FILE = Path(__file__).with_name("claims.yaml")
 
@@ -43,6 +41,40 @@ DECOMPOSITION_TOLERANCE = float(DECOMPOSITION["tolerance"])  # points of accurac
 DIRECT_ROUTE = CLAIMS["direct_route"]  # claim (d)
 PAPER_CLAIMS: str = CLAIMS["paper"]
 COMPARE = CLAIMS["compare"]  # compare.md's dense model and from-scratch structured models per target
+LENGTH_TAG: str = CLAIMS["length_tag"]  # a tag naming only the run's length keeps the run in the claims
+GAP_VS_LENGTH = CLAIMS["gap_vs_length"]  # src/tables/length.py
+
+
+def _claims_tag(tag: str, s: dict) -> bool:
+    """Whether a row tagged `tag` (its first run `s`) is the claims' configuration: untagged, or tagged
+    with its length only (claims.yaml `length_tag`); other tags (a sweep's lambdas) are experiments."""
+    return not tag or tag == LENGTH_TAG.format(max_epochs=s.get("max_epochs"))
+
+
+def claim_configs(items: list[tuple]) -> dict[tuple, dict[str, list[dict]]]:
+    """(model, route, recipe) -> {configuration: its runs} over the rows the claims may use."""
+    by: dict[tuple, dict[str, list[dict]]] = defaultdict(dict)
+    for (_, model, route, tag, _, cfg), g in items:
+        if _claims_tag(tag, g[0]):
+            by[(model, route, _recipe(g[0]))][cfg] = g
+    return by
+
+
+def one_config(by: dict[tuple, dict[str, list[dict]]], model: str, recipe: tuple, route: str = "regularized") -> list[dict]:
+    """The runs of `model` in `recipe`, by seed, where the recipe holds one configuration of it (else
+    none: two configurations are never mixed)."""
+    cfgs = by.get((model, route, recipe), {})
+    return sorted(next(iter(cfgs.values())), key=lambda s: s["seed"]) if len(cfgs) == 1 else []
+
+
+def recipe_order(recipe: tuple) -> tuple:
+    """Recipes by profile, then length."""
+    return (str(recipe[0]), recipe[2] or 0, str(recipe))
+
+
+def recipe_text(recipe: tuple) -> str:
+    profile, _, epochs, train, _, eval_set = recipe
+    return f"{profile or 'custom'}, {epochs} epochs, train {train or 'all'}, eval {eval_set}"
 
 
 def _tolerance_outcome(outside: list[float]) -> str:
@@ -63,23 +95,22 @@ def _claims(items: list[tuple], metric: str) -> list[str]:
     (mean of the per-seed gaps), (c) projection + decomposition changing accuracy by at most the
     tolerance in every regularized run, (d) the regularized route against training the decomposed
     architecture directly (the paper's ablation: regularized better); models, drops and tolerance
-    from claims.yaml. Evaluated per recipe (profile, epochs,
-    data); a model with several configurations in one recipe (e.g. two lambdas) is left out, with
-    a note, rather than mixed. Nothing when the table has no structured model with its dense baseline."""
+    from claims.yaml. Evaluated per recipe (profile, epochs, data: each length of a profile on its
+    own); a model with several configurations in one recipe (e.g. two lambdas) is left out, with a
+    note, rather than mixed. Rows tagged other than with their length (claims.yaml `length_tag`) are
+    experiments, not the claims' configuration. Nothing when the table has no structured model with
+    its dense baseline."""
     key = f"test_{metric}_decomposed"
-    by: dict[tuple, dict[str, list[dict]]] = defaultdict(dict)
-    for (_, model, route, tag, _, cfg), g in items:
-        if tag:
-            continue  # tagged rows (a sweep's lambdas) are experiments, not the claims' configuration
-        by[(model, route, _recipe(g[0]))][cfg] = g
-    ambiguous = sorted({f"{m} ({route})" for (m, route, _), cfgs in by.items() if len(cfgs) > 1})
-    recipes = sorted({r for _, _, r in by}, key=str)
+    by = claim_configs(items)
+    recipes = sorted({r for _, _, r in by}, key=recipe_order)
+    several = len(recipes) > 1
+    ambiguous = sorted({f"{m} ({route})" + (f" ({recipe_text(r)})" if several else "")
+                        for (m, route, r), cfgs in by.items() if len(cfgs) > 1})
     found: list[tuple[int, str, str]] = []  # (recipe index, claim, "statement | measured | outcome |")
     for i, recipe in enumerate(recipes):
 
         def get(model, route="regularized"):
-            cfgs = by.get((model, route, recipe), {})
-            return sorted(next(iter(cfgs.values())), key=lambda s: s["seed"]) if len(cfgs) == 1 else []
+            return one_config(by, model, recipe, route)
 
         gaps_here = False
         for claim in GAP_CLAIMS:
@@ -113,12 +144,9 @@ def _claims(items: list[tuple], metric: str) -> list[str]:
                                   f"| {_tolerance_outcome(outside)} |"))
     if not found:
         return []
-    shown = sorted({i for i, *_ in found})
 
-    def where(i: int) -> str:
-        profile, _, epochs, train, _, eval_set = recipes[i]
-        return (f" ({profile or 'custom'}, {epochs} epochs, train {train or 'all'}, eval {eval_set})"
-                if len(shown) > 1 else "")
+    def where(i: int) -> str:  # which recipe, where the table holds several
+        return f" ({recipe_text(recipes[i])})" if several else ""
 
     rows = [f"| ({c}){where(i)} | {text}" for i, c, text in sorted(found, key=lambda f: (f[0], f[1]))]
     note = (["", f"Left out of the claims: {', '.join(ambiguous)}, which the table holds in more than one "

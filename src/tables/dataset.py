@@ -8,11 +8,9 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from src.models import get_entry
-
 from .claims import PAPER_CLAIMS, _claims
 from .fmt import _code_cell, _commits, _eval_sets, _gap, _mean, _mean_std, _si, _signed
-from .load import _label, _recipe
+from .load import _label, _recipe, get_entry
 
 
 def _overrides_text(s: dict) -> str:
@@ -134,7 +132,9 @@ def _per_run(items: list[tuple], metric: str, official: bool) -> list[str]:
 
 # The reproduction's claims (issue 11 section 5): (label, structured model, dense model, the largest
 # allowed drop of the decomposed model below the dense one, mean over the seeds both have).
-def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
+def dataset_table(dataset: str, groups: dict[tuple, list[dict]], gap_vs_length: list[str] | None = None) -> str:
+    """The table of `dataset`'s rows in `groups`; `gap_vs_length`: the section of length.py, after the
+    claims (and its plot named with the others)."""
     metric = "miou" if dataset == "cityscapes" else "acc"
     label = "mIoU" if metric == "miou" else "top-1"
     items = sorted(((k, v) for k, v in groups.items() if k[0] == dataset),
@@ -217,6 +217,7 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
             f"| {count('params')} | {count('mults')} | {count('adds')} | {residual:.2e} | {code} |"
         )
     lines += _claims(items, metric)
+    lines += gap_vs_length or []
     lines += _lambda_sweep(items, metric)
     lines += _robustness_table(items, metric)
     if official or any(len(g) > 1 for _, g in items):
@@ -229,7 +230,8 @@ def dataset_table(dataset: str, groups: dict[tuple, list[dict]]) -> str:
     lines += ["", "Configurations (a row's runs differ in the seed only):", "", *configs]
     if mixed:
         lines += ["", f"**Warning**: rows from more than one code commit: {', '.join(mixed)}."]
-    lines += ["", PAPER_CLAIMS, "", "Plots: " + f"`{dataset}_acc_vs_macs.png`, `{dataset}_training.png`.", "",
+    plots = [f"{dataset}_acc_vs_macs.png", f"{dataset}_training.png"] + ([f"{dataset}_gap_vs_epochs.png"] if gap_vs_length else [])
+    lines += ["", PAPER_CLAIMS, "", "Plots: " + ", ".join(f"`{p}`" for p in plots) + ".", "",
               "Run times (training time over all epochs, else the finishing process's wall time; its training throughput): " + "; ".join(timing) + "."]
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,14 @@ from pathlib import Path
 from src import summary
 
 
+def get_entry(model: str):
+    """The model's registry entry (src.models.get_entry), the model zoo imported on first use: it takes
+    seconds, and `--help` or an error needs none of it."""
+    from src.models import get_entry as entry
+
+    return entry(model)
+
+
 def load_runs(runs_dir: Path) -> list[dict]:
     """Every summary under `runs_dir`, validated against src/summary.py (ValueError naming a file
     that does not follow it), with its directory as `_dir`."""
@@ -34,7 +42,7 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             epoch = row.get("epoch")
             if epoch in (None, ""):
                 continue
-            for key in ("val/acc", "val/miou", "residual/mean", "residual/max", "train/loss_epoch"):
+            for key in ("val/acc", "val/miou", "residual/mean", "residual/max", "train/loss_epoch", "train/acc"):
                 if row.get(key) not in (None, ""):
                     series[key][int(float(epoch))] = float(row[key])
     return {k: sorted(v.items()) for k, v in series.items()}

@@ -8,16 +8,30 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+from .claims import COMPARE
+from .compare import _compare_key
+from .length import Study, _quantile
+from .load import _label, _recipe, get_entry, read_curves
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from src.models import get_entry  # noqa: E402
+class _Pyplot:
+    """matplotlib.pyplot, imported on first use (a second of start-up that `--help`, the summary and
+    the tables' text need none of), with the Agg backend unless the process chose one already (a
+    notebook's: switching would close its figures; PNGs are drawn by Agg either way)."""
 
-from .claims import COMPARE  # noqa: E402
-from .compare import _compare_key  # noqa: E402
-from .load import _label, _recipe, read_curves  # noqa: E402
+    def __getattr__(self, name: str):
+        import sys
+
+        import matplotlib
+
+        if "matplotlib.pyplot" not in sys.modules:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot
+
+        return getattr(matplotlib.pyplot, name)
+
+
+plt = _Pyplot()
 
 
 def _savefig(fig, path: Path) -> None:
@@ -137,3 +151,65 @@ def plot_compare(runs: list[dict], reference: list[dict], lat: dict, out_dir: Pa
     return written
 
 
+
+
+def plot_gap_vs_epochs(st: Study, out: Path) -> None:
+    """The gap against training length (length.py): per claim, the per-seed paired gaps (filled: primary
+    split; open: another split, not fitted), mean +- std per length, and the fit g_inf + b / E (solid
+    over the lengths measured, dashed where it extrapolates, to `extrapolate_to`; shaded: the
+    bootstrap's 2.5-97.5 % band); beside it the training-accuracy gap of the same pairs."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ticks = {st.extrapolate_to}
+    for i, c in enumerate(st.claims):
+        colour = colours[i % len(colours)]
+        name = f"({c.label}) {c.structured}"
+        for ax, attr in ((ax1, "gap"), (ax2, "train_gap")):
+            for primary in (True, False):
+                ps = [p for p in st.pairs if p.claim == c.label and (p.eval_set == st.primary) == primary
+                      and getattr(p, attr) is not None]
+                if not ps:
+                    continue
+                ticks |= {p.epochs for p in ps}
+                split = "" if primary else f", {ps[0].eval_set} (not fitted)"
+                ax.plot([p.epochs for p in ps], [getattr(p, attr) for p in ps], "o", ms=4, alpha=0.6,
+                        color=colour, markerfacecolor=colour if primary else "none",
+                        label=f"{name}: per seed{split}")
+                by: dict[int, list[float]] = defaultdict(list)
+                for p in ps:
+                    by[p.epochs].append(getattr(p, attr))
+                lengths = sorted(by)
+                ax.errorbar(lengths, [statistics.mean(by[e]) for e in lengths],
+                            yerr=[statistics.stdev(by[e]) if len(by[e]) > 1 else 0.0 for e in lengths],
+                            fmt="s" if primary else "D", ms=7, capsize=4, color=colour,
+                            markerfacecolor=colour if primary else "none", linestyle="none")
+        f = st.fits.get(c.label)
+        if f is not None:
+            lo, hi = min(f.lengths), max(f.lengths)
+            xs = [lo * (hi / lo) ** (k / 50) for k in range(51)]
+            ax1.plot(xs, [f.at(x) for x in xs], "-", color=colour, label=f"{name}: fit g_inf + b/E")
+            xs = [hi * (st.extrapolate_to / hi) ** (k / 50) for k in range(51)]
+            ax1.plot(xs, [f.at(x) for x in xs], "--", color=colour)
+            xs = [lo * (st.extrapolate_to / lo) ** (k / 80) for k in range(81)]
+            band = [f.boot_at(x) for x in xs]
+            ax1.fill_between(xs, [_quantile(v, 0.025) for v in band], [_quantile(v, 0.975) for v in band],
+                             color=colour, alpha=0.12, lw=0)
+            ax1.plot([st.extrapolate_to], [f.at(st.extrapolate_to)], "*", ms=10, color=colour,
+                     markerfacecolor="none", label=f"{name}: at {st.extrapolate_to} epochs (extrapolation)")
+        ax1.axhline(-c.drop, color=colour, lw=0.8, ls=":")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)
+        ax.set_xticks(sorted(ticks))
+        ax.set_xticklabels([str(t) for t in sorted(ticks)])
+        ax.minorticks_off()
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlabel("training epochs (log scale)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    ax1.set_ylabel("structured minus dense, held-out accuracy (points)")
+    ax1.set_title("held-out gap (band: bootstrap 95 %; dotted: the claim's allowed drop)", fontsize=10)
+    ax2.set_ylabel("structured minus dense, final-epoch train/acc (points)")
+    ax2.set_title("training-accuracy gap")
+    _savefig(fig, out)
