@@ -7,9 +7,7 @@ import json
 import statistics
 import shutil
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from src import tables
 
@@ -45,19 +43,6 @@ def test_tables_are_regenerated_identically(runs_dir, tmp_path):
 def test_tables_without_runs_say_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="no summary.json under"):
         tables.write_tables(tmp_path, tmp_path / "out")
-
-
-@pytest.mark.slow
-def test_analysis_notebook_executes_on_fixture_runs(runs_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("RUNS_DIR", str(runs_dir))
-    monkeypatch.setenv("PLOTS_DIR", str(tmp_path / "plots"))
-    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    text = "".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "3 runs under" in text and "relative residual" in text
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in nb.cells for o in c.get("outputs", []))
-    assert (tmp_path / "plots" / "cifar10_acc_vs_macs.png").exists()
 
 
 # ----------------------------------------------------------------------------- grouping
