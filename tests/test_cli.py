@@ -82,3 +82,12 @@ def test_command_line_problems_name_the_argument_and_what_fits(args, expected):
 ])
 def test_valid_command_lines_pass(args):
     assert check_command_line(args, CONF) is None
+
+
+def test_the_run_directory_file_names_agree_with_the_pipeline():
+    """src.train names a run directory's files without importing src.pipeline (which imports the
+    model zoo): the same names."""
+    from src import pipeline, train
+
+    assert (train.CONFIG, train.HISTORY, train.LOG, train.CODE, train.SUMMARY) == (
+        pipeline.CONFIG, pipeline.HISTORY, pipeline.LOG, pipeline.CODE, pipeline.SUMMARY)
