@@ -7,13 +7,14 @@ from __future__ import annotations
 import statistics
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], sign: bool = False) -> str:
+    """'m +- s' over the values present ('m' for one value, '-' for none), 2 decimals; `sign`:
+    the mean with its sign ('+0.12')."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+    mean = f"{statistics.mean(values):{'+' if sign else ''}.2f}"
+    return mean if len(values) == 1 else f"{mean} +- {statistics.stdev(values):.2f}"
 
 
 def _mean(values):
@@ -29,12 +30,7 @@ def _si(v: float) -> str:
 
 
 def _signed(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:+.2f}"
-    return f"{statistics.mean(values):+.2f} +- {statistics.stdev(values):.2f}"
+    return _mean_std(values, sign=True)
 
 
 def _paired(g: list[dict], base: list[dict], key: str) -> list[float]:
