@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all bench bench-core complexity gpu-smoke compare-cifar reproduce-cifar reproduce-imagenet reproduce-cityscapes tables clean
+.PHONY: help install test test-all bench bench-core complexity gpu-smoke compare-cifar reproduce-cifar reproduce-imagenet reproduce-cityscapes tables notebook clean
 
 # Reproduction (profiles: conf/profiles/<name>.yaml): PROFILE=quick (2-core CPU, ~30 min),
 # medium_sweep + medium (the CPU reference: hours, resumable), or full (the paper's recipe; GPU:
@@ -47,6 +47,7 @@ help:                   ## list the targets
 	@echo "make gpu-smoke [DEVICE=cuda|cpu]  exactness on the device, one CIFAR-10 epoch, speed pairs (< 8 min on a GPU)"
 	@echo "make reproduce-imagenet DATA=dir  the ImageNet runs (GPU-sized)"
 	@echo "make reproduce-cityscapes DATA=dir the Cityscapes runs (GPU-sized)"
+	@echo "make notebook                     execute notebooks/analysis.ipynb and save its outputs (ANALYSIS_RUNS=runs/quick: your runs)"
 	@echo "make tables [PROFILE=...]         the committed tables and plots: results/<profile>/runs -> results/<profile>"
 	@echo "make complexity                   results/complexity.md (params / mults / adds of every model)"
 	@echo "make bench                        model-level speed benchmark -> results/speed.md (quiet machine, ~3 h here; rerun resumes)"
@@ -89,6 +90,9 @@ compare-cifar: install   # compression baselines at equal MACs from the medium p
 
 gpu-smoke: install       # what a lent GPU runs first: exactness on the device, one CIFAR-10 epoch, speed pairs (< 8 min)
 	$(PY) -m experiments.gpu_smoke --data $(CIFAR_ROOT) --device $(DEVICE) --out $(RUNS)/gpu_smoke
+
+notebook: install        # the analysis notebook, executed in place (committed logs and models by default)
+	$(PY) -m experiments.notebook
 
 tables: install          # the committed tables, from the collected run logs (results/<profile>/runs)
 	$(PY) -m src.tables --runs $(RESULTS)/runs --out $(RESULTS) --quiet

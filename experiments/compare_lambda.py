@@ -17,7 +17,7 @@ of 352 steps, lambda ramped over the first epoch as ``structure.lam_ramp_epochs`
 mean relative residual over the structured layers at the end of every epoch, per lambda. Pure
 weight arithmetic: about a minute on one CPU thread.
 
-The rule it informs (experiments/reproduce.py, ``COMPARE_LAMBDA``): the smallest lambda that gets
+The rule it informs (``compare_lambda`` in conf/profiles/_chosen.yaml): the smallest lambda that gets
 under the medium profile's own final residual, in this favourable case, within the first 3 of the
 5 epochs, leaving the rest for the task loss to recover.
 """
@@ -33,7 +33,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from experiments.reproduce import COMPARE_EPOCHS, COMPARE_LR
+from experiments.reproduce import profile_spec
 from src.lit.module import lambda_at
 from src.lit.optim import build_optimizer, build_scheduler
 from src.pipeline import build_model
@@ -42,6 +42,18 @@ from src.structured.ops import structural_residuals
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = math.ceil(45_000 / 128)  # the comparison's 45,000 training images, batch 128
+
+
+def _compare_setting(key: str) -> float:
+    """trainer.max_epochs / optim.lr of the comparison profile (conf/profiles/medium_compare.yaml)."""
+    for item in profile_spec("medium_compare")["overrides"]:
+        if item.startswith(f"{key}="):
+            return float(item.split("=", 1)[1])
+    raise KeyError(f"conf/profiles/medium_compare.yaml sets no {key}")
+
+
+COMPARE_EPOCHS = int(_compare_setting("trainer.max_epochs"))
+COMPARE_LR = _compare_setting("optim.lr")
 
 
 def compressed(target: str, init_from: Path) -> tuple[torch.nn.Module, dict]:

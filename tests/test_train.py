@@ -37,7 +37,7 @@ REQUIRED_KEYS = {
 # summary.json's keys in the order the pipeline has always written them (src/summary.py defines them)
 SUMMARY_HEAD = ["model", "dataset", "route", "tag", "profile", "config_hash", "run_hash", "overrides", "seed", "epochs",
                 "max_epochs", "lambda", "lambda_ramp_epochs", "bn_recalib", "train_subset", "test_subset", "eval_set",
-                "train_images"]
+                "train_images", "precision"]
 SUMMARY_TAIL = ["params_dense", "params_decomposed", "mults_dense", "mults_decomposed", "adds_dense", "adds_decomposed",
                 "adds_decomposed_running", "structural_residual_final", "structural_residual_mean_final", "wall_time_s",
                 "train_time_s", "resumed", "train_images_per_s", "device", "world_size", "threads", "torch", "git_sha",
