@@ -357,23 +357,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
                            epoch_fn=lambda: self.trainer.current_epoch if self.trainer else 0,
                            rank=rank, world_size=world, channels_last=self.channels_last)
 
-    def test_dataloader(self) -> CifarLoader:
+    def _primary_loader(self, n: int | None = None) -> CifarLoader:
+        """The primary evaluation set (its first `n` images when given), on the training device."""
         rank, world = self._dist()
-        x, y, exact = self.primary
+        x, y, exact = (a if a is None else a[:n] for a in self.primary)
         return CifarLoader(x, y, self.eval_batch_size, train=False, device=self._device(),
                            exact=exact, rank=rank, world_size=world, channels_last=self.channels_last)
 
+    def test_dataloader(self) -> CifarLoader:
+        return self._primary_loader()
+
     def val_dataloader(self) -> CifarLoader:
         """Per-epoch monitoring: the primary set, or its first ``val_subset`` images."""
-        loader = self.test_dataloader()
-        if self.val_subset is not None:
-            x, y, exact = self.primary
-            n = self.val_subset
-            rank, world = self._dist()
-            loader = CifarLoader(x[:n], y[:n], self.eval_batch_size, train=False, device=self._device(),
-                                 exact=None if exact is None else exact[:n], rank=rank, world_size=world,
-                                 channels_last=self.channels_last)
-        return loader
+        return self._primary_loader(self.val_subset)
 
     def calibration_batches(self, n: int):
         """Up to n training batches (augmented, epoch-seeded) for BatchNorm recalibration."""
